@@ -1,0 +1,52 @@
+"""The one console script, ``moderation``, with a subcommand per job.
+
+Each command group lives in its own module and registers its parsers here;
+:func:`main` turns every :class:`~moderation.errors.ModerationError` (and a
+missing file) into one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from moderation import __version__
+from moderation.errors import ModerationError
+
+EXIT_USAGE_OR_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from moderation.cli import db_commands, model_commands, moderator_commands
+
+    parser = argparse.ArgumentParser(prog="moderation", description="Korean review moderation: score, flag, decide, retrain.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at DEBUG level")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    model_commands.register(commands)
+    db_commands.register(commands)
+    moderator_commands.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return int(args.handler(args) or 0)
+    except ModerationError as exc:
+        print(f"moderation {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE_OR_INPUT
+    except KeyboardInterrupt:
+        print(f"moderation {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

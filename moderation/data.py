@@ -1,0 +1,159 @@
+"""Reading review files and turning ratings into labels.
+
+Accepted inputs (chosen by extension and columns):
+
+* Parquet/CSV/TSV with a ``text`` column, optionally ``rating`` (1-10, or
+  1-5 with ``--scale 5``), ``label`` (1 = negative), ``item_id``,
+  ``review_id``: the shared corpus file is one of these.
+* NSMC files: ``id<TAB>document<TAB>label`` with label 1 = positive.
+* Naver shopping files: ``rating<TAB>review`` without a header, 1-5 stars.
+
+Labels follow the usual convention: on the 10-point scale 1-4 is negative,
+9-10 positive, 5-8 ambiguous and left out; on the 5-point scale 1-2 is
+negative, 4-5 positive and 3 left out. ``label`` is 1 for NEGATIVE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moderation.errors import InputDataError
+
+TEXT_COLUMN = "text"
+
+
+def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read Parquet, CSV or TSV into a DataFrame; format by extension."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError(f"input file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path, columns=columns)
+        if suffix in {".tsv", ".txt"}:
+            return _read_tsv(path)
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[])
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise InputDataError(f"cannot read {path}: {exc}") from None
+    raise InputDataError(f"unsupported file type {suffix!r} for {path}: use .parquet, .csv or .tsv")
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        first = handle.readline().rstrip("\n").split("\t")
+    if first[:3] == ["id", "document", "label"]:
+        frame = pd.read_csv(path, sep="\t", quoting=3, dtype={"document": "string"}, keep_default_na=False)
+        frame = frame.rename(columns={"document": TEXT_COLUMN, "id": "review_id"})
+        frame["label"] = 1 - frame["label"].astype(int)  # NSMC: 1 = positive
+        return frame
+    if len(first) == 2 and first[0].strip().isdigit():
+        frame = pd.read_csv(
+            path, sep="\t", quoting=3, header=None, names=["rating", TEXT_COLUMN],
+            dtype={TEXT_COLUMN: "string"}, keep_default_na=False,
+        )
+        frame.attrs["rating_scale"] = 5
+        return frame
+    return pd.read_csv(path, sep="\t", quoting=3, dtype={TEXT_COLUMN: "string"}, keep_default_na=False)
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InputDataError(f"{source} has no column {', '.join(missing)} (columns: {', '.join(map(str, frame.columns))})")
+
+
+def labels_from_ratings(ratings: pd.Series, scale: int = 10) -> pd.Series:
+    """1 = negative, 0 = positive, NA = ambiguous middle, per the scale's convention."""
+    r = pd.to_numeric(ratings, errors="coerce")
+    if scale == 10:
+        negative, positive = r.between(1, 4), r.between(9, 10)
+    elif scale == 5:
+        negative, positive = r.between(1, 2), r.between(4, 5)
+    else:
+        raise InputDataError(f"rating scale must be 5 or 10, not {scale}")
+    labels = pd.Series(pd.NA, index=r.index, dtype="Int8")
+    labels[negative] = 1
+    labels[positive] = 0
+    return labels
+
+
+def load_labelled(path: Path | str, rating_scale: int | None = None) -> pd.DataFrame:
+    """Rows with a text and a 0/1 label (1 = negative); ambiguous ratings dropped.
+
+    Returns columns ``text``, ``label``, ``group`` (what splits must keep
+    together: the item when known, else the row).
+    """
+    frame = read_table(path)
+    require_columns(frame, [TEXT_COLUMN], str(path))
+    if "label" in frame.columns:
+        labels = pd.to_numeric(frame["label"], errors="coerce").astype("Int8")
+    elif "rating" in frame.columns:
+        scale = rating_scale or frame.attrs.get("rating_scale") or _guess_scale(frame["rating"])
+        labels = labels_from_ratings(frame["rating"], scale)
+    else:
+        raise InputDataError(f"{path} has neither a 'label' nor a 'rating' column to learn from")
+    if "item_id" in frame.columns:
+        group = frame["item_id"].astype("int64")
+    elif "review_id" in frame.columns:
+        group = pd.to_numeric(frame["review_id"], errors="coerce").fillna(-1).astype("int64")
+    else:
+        group = pd.Series(np.arange(len(frame)), index=frame.index, dtype="int64")
+    out = pd.DataFrame({TEXT_COLUMN: frame[TEXT_COLUMN].astype("string"), "label": labels, "group": group})
+    return out[out["label"].notna()].reset_index(drop=True).astype({"label": "int8"})
+
+
+def _guess_scale(ratings: pd.Series) -> int:
+    top = pd.to_numeric(ratings, errors="coerce").max()
+    return 5 if pd.notna(top) and top <= 5 else 10
+
+
+@dataclass(frozen=True)
+class Split:
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+
+def split_by_group(frame: pd.DataFrame, validation: float = 0.1, test: float = 0.1, seed: int = 13) -> Split:
+    """Item-disjoint split: every row of a group lands on the same side.
+
+    A group's side comes from a seeded hash of its id, so the split is the
+    same on every machine and does not shift when rows are added.
+    """
+    groups = frame["group"].to_numpy()
+    unit = np.array([zlib.crc32(f"{seed}:{g}".encode()) for g in np.unique(groups)], dtype=np.float64) / 2**32
+    position = pd.Series(unit, index=np.unique(groups)).reindex(groups).to_numpy()
+    is_test = position < test
+    is_validation = (position >= test) & (position < test + validation)
+    is_train = ~is_test & ~is_validation
+    return Split(
+        train=frame[is_train].reset_index(drop=True),
+        validation=frame[is_validation].reset_index(drop=True),
+        test=frame[is_test].reset_index(drop=True),
+    )
+
+
+def balance_classes(frame: pd.DataFrame, seed: int = 13) -> pd.DataFrame:
+    """Down-sample the larger class so both labels have equal counts."""
+    counts = frame["label"].value_counts()
+    if len(counts) < 2:
+        return frame
+    n = int(counts.min())
+    parts = [frame[frame["label"] == lab].sample(n=n, random_state=seed) for lab in sorted(counts.index)]
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """SHA-256 over texts and labels in order: identifies the exact training data."""
+    digest = hashlib.sha256()
+    hashed = pd.util.hash_pandas_object(frame[[TEXT_COLUMN, "label"]].astype({TEXT_COLUMN: object}), index=False)
+    digest.update(hashed.to_numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,196 @@
+"""The reviews database: one SQLAlchemy schema for SQLite and PostgreSQL.
+
+``sql/`` holds the same schema as PostgreSQL DDL with the moderators' view
+and the roles; a test checks the two agree. Every statement here is built
+with SQLAlchemy Core and bound parameters: no SQL is assembled from strings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from moderation.config import default_db_url
+from moderation.errors import DatabaseError
+
+metadata = MetaData()
+
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("review_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("product_id", BigInteger, nullable=False),
+    Column("rating", SmallInteger, nullable=True),
+    Column("text", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=True),
+    Column("ingested_at", DateTime(timezone=True), nullable=False),
+    Index("ix_reviews_ingested_at", "ingested_at", "review_id"),
+    Index("ix_reviews_product_id", "product_id"),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("version", String(128), primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("metrics", Text, nullable=True),  # JSON of the card's metrics
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("registered_at", DateTime(timezone=True), nullable=False),
+    Column("is_active", Boolean, nullable=False, default=False),
+)
+
+scoring_runs = Table(
+    "scoring_runs",
+    metadata,
+    Column("run_id", String(250), primary_key=True),
+    Column("interval_start", DateTime(timezone=True), nullable=False),
+    Column("interval_end", DateTime(timezone=True), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("reviews_read", Integer, nullable=False, default=0),
+    Column("reviews_scored", Integer, nullable=False, default=0),
+    Column("reviews_skipped", Integer, nullable=False, default=0),
+    Column("reviews_flagged", Integer, nullable=False, default=0),
+    Column("skip_reasons", Text, nullable=True),  # JSON {reason: count}
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("status", String(16), nullable=False),
+    CheckConstraint("status IN ('running', 'success', 'failed')", name="ck_scoring_runs_status"),
+    Index("ix_scoring_runs_interval", "interval_start", "interval_end"),
+)
+
+review_scores = Table(
+    "review_scores",
+    metadata,
+    Column("review_id", BigInteger, ForeignKey("reviews.review_id"), primary_key=True),
+    Column("model_version", String(128), primary_key=True),
+    Column("score", Float, nullable=True),
+    Column("skip_reason", String(64), nullable=True),
+    Column("scored_at", DateTime(timezone=True), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    CheckConstraint("(score IS NULL) <> (skip_reason IS NULL)", name="ck_review_scores_score_or_reason"),
+    Index("ix_review_scores_run_id", "run_id"),
+)
+
+moderation_queue = Table(
+    "moderation_queue",
+    metadata,
+    Column("review_id", BigInteger, ForeignKey("reviews.review_id"), primary_key=True),
+    Column("model_version", String(128), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("status", String(16), nullable=False, default="pending"),
+    Column("flagged_at", DateTime(timezone=True), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("decided_by", String(128), nullable=True),
+    Column("decided_at", DateTime(timezone=True), nullable=True),
+    Column("note", Text, nullable=True),
+    CheckConstraint("status IN ('pending', 'confirmed', 'dismissed')", name="ck_moderation_queue_status"),
+    Index("ix_moderation_queue_status_flagged", "status", "flagged_at"),
+)
+
+review_labels = Table(
+    "review_labels",
+    metadata,
+    Column("review_id", BigInteger, ForeignKey("reviews.review_id"), primary_key=True),
+    Column("label", SmallInteger, nullable=False),  # 1 = negative, 0 = positive
+    Column("source", String(16), primary_key=True),
+    Column("labelled_at", DateTime(timezone=True), nullable=False),
+    Column("labelled_by", String(128), nullable=True),
+    CheckConstraint("label IN (0, 1)", name="ck_review_labels_label"),
+    CheckConstraint("source IN ('moderator', 'import', 'rating')", name="ck_review_labels_source"),
+)
+
+#: Tables the package owns, in dependency order.
+TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue, review_labels]
+
+
+def resolve_db_url(url: str | None = None) -> str:
+    """``--db`` value, else ``MODERATION_DB_URL``, else the embedded SQLite file."""
+    return url or os.environ.get("MODERATION_DB_URL") or default_db_url()
+
+
+def make_engine(url: str | None = None) -> Engine:
+    """An engine for the URL; SQLite gets foreign keys, WAL and a busy timeout.
+
+    A ``postgresql://`` URL is routed to the psycopg 3 driver.
+    """
+    url = resolve_db_url(url)
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def init_schema(engine: Engine) -> None:
+    """Create the tables that are missing (idempotent); on PostgreSQL also the view."""
+    with translate_errors(engine):
+        metadata.create_all(engine)
+        if engine.dialect.name == "postgresql":
+            with engine.begin() as conn:
+                conn.execute(text(FLAGGED_VIEW_SQL))
+        else:
+            with engine.begin() as conn:
+                conn.execute(text(FLAGGED_VIEW_SQL.replace("CREATE OR REPLACE VIEW", "CREATE VIEW IF NOT EXISTS")))
+
+
+FLAGGED_VIEW_SQL = """
+CREATE OR REPLACE VIEW flagged_reviews AS
+SELECT q.review_id, r.product_id, r.text, r.rating, q.score, q.threshold, q.model_version,
+       q.status, q.flagged_at, q.decided_by, q.decided_at, q.note, r.created_at, r.ingested_at
+FROM moderation_queue q
+JOIN reviews r ON r.review_id = q.review_id
+ORDER BY q.flagged_at DESC, q.score DESC
+"""
+
+
+@contextmanager
+def translate_errors(engine: Engine) -> Iterator[None]:
+    """Turn driver errors into :class:`DatabaseError` naming the database (password hidden)."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise DatabaseError(f"database {engine.url.render_as_string(hide_password=True)} is unavailable: "
+                            f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}") from exc
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"database error on {engine.url.render_as_string(hide_password=True)}: "
+                            f"{str(exc).strip().splitlines()[0]}") from exc

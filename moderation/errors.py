@@ -1,0 +1,24 @@
+"""Domain errors: everything a user can cause is one of these, so the CLI and
+the DAG tasks can turn them into one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+
+class ModerationError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InputDataError(ModerationError):
+    """An input file or table is missing, unreadable or lacks a required column."""
+
+
+class ModelBundleError(ModerationError):
+    """A model directory is missing a part, or its parts disagree."""
+
+
+class DatabaseError(ModerationError):
+    """The reviews database is unreachable or not in the expected shape."""
+
+
+class DecisionError(ModerationError):
+    """A moderator decision cannot be recorded (unknown or unflagged review)."""

@@ -1,0 +1,183 @@
+"""The seed network and its on-disk bundle.
+
+A model directory is one unit::
+
+    models/<version>/
+        model.keras        weights and architecture (Keras 3 format)
+        vocab.json         the character vocabulary
+        card.json          version, data fingerprint, cleaning version,
+                           max length, decision threshold, test metrics,
+                           and SHA-256 of the two files above
+        training_curve.png loss and accuracy per epoch (when trained here)
+
+``score`` everywhere means the probability that a review is NEGATIVE, the
+class moderators act on; a review is flagged when ``score >= threshold``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moderation.errors import ModelBundleError
+from moderation.text import CLEANING_VERSION
+from moderation.vocab import CharVocab
+
+if TYPE_CHECKING:
+    import keras
+
+MODEL_FILE = "model.keras"
+VOCAB_FILE = "vocab.json"
+CARD_FILE = "card.json"
+CURVE_FILE = "training_curve.png"
+SCORE_MEANING = "probability that the review is negative"
+
+
+@dataclass
+class ModelCard:
+    """What a model is, how it was made and how good it is."""
+
+    version: str
+    created_at: str
+    cleaning_version: str
+    max_len: int
+    vocab_size: int
+    threshold: float
+    score_meaning: str = SCORE_MEANING
+    training_data: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> ModelCard:
+        known = {f for f in cls.__dataclass_fields__}
+        missing = {"version", "created_at", "cleaning_version", "max_len", "vocab_size", "threshold"} - payload.keys()
+        if missing:
+            raise ModelBundleError(f"model card lacks {', '.join(sorted(missing))}")
+        return cls(**{k: v for k, v in payload.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model directory: the network, its vocabulary and its card."""
+
+    path: Path
+    model: keras.Model
+    vocab: CharVocab
+    card: ModelCard
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def threshold(self) -> float:
+        return self.card.threshold
+
+
+def build_model(vocab_size: int, embedding_dim: int = 16, learning_rate: float = 1e-3) -> keras.Model:
+    """Embedding -> LSTM(64, sequences) -> LSTM(32) -> Dense(1, sigmoid), as in the seeds.
+
+    The LSTMs keep Keras' default activations, no recurrent dropout and no
+    unrolling, so the fused cuDNN kernel stays eligible on a GPU; padding is
+    id 0 on the right and masked, which that kernel supports.
+    """
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(None,), dtype="int32", name="char_ids"),
+            keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding"),
+            keras.layers.LSTM(64, return_sequences=True, name="lstm_64"),
+            keras.layers.LSTM(32, name="lstm_32"),
+            keras.layers.Dense(1, activation="sigmoid", name="negative_probability"),
+        ],
+        name="ko_char_lstm",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="binary_crossentropy",
+        metrics=["accuracy", keras.metrics.AUC(name="auc")],
+    )
+    return model
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_bundle(directory: Path, model: keras.Model, vocab: CharVocab, card: ModelCard) -> Path:
+    """Write the three parts; the card records the hashes of the other two."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory / MODEL_FILE)
+    vocab_hash = vocab.save(directory / VOCAB_FILE)
+    card.vocab_size = vocab.size
+    card.files = {MODEL_FILE: sha256_of(directory / MODEL_FILE), VOCAB_FILE: vocab_hash}
+    (directory / CARD_FILE).write_text(card.to_json() + "\n", encoding="utf-8")
+    return directory
+
+
+def read_card(directory: Path) -> ModelCard:
+    """The card alone (cheap: no TensorFlow), with a clear error when absent or broken."""
+    path = Path(directory) / CARD_FILE
+    if not Path(directory).is_dir():
+        raise ModelBundleError(f"model directory not found: {directory}")
+    try:
+        return ModelCard.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ModelBundleError(f"model card is missing: {path}") from None
+    except (ValueError, TypeError) as exc:
+        raise ModelBundleError(f"model card is not valid JSON: {path} ({exc})") from None
+
+
+def verify_bundle(directory: Path) -> ModelCard:
+    """Check every part is present, unmodified and consistent, without loading Keras."""
+    directory = Path(directory)
+    card = read_card(directory)
+    for name in (MODEL_FILE, VOCAB_FILE):
+        part = directory / name
+        if not part.is_file():
+            raise ModelBundleError(f"model file is missing: {part}")
+        expected = card.files.get(name)
+        if expected and sha256_of(part) != expected:
+            raise ModelBundleError(f"model file does not match its card (corrupt or replaced): {part}")
+    if card.cleaning_version != CLEANING_VERSION:
+        raise ModelBundleError(
+            f"model {card.version} was trained with cleaning {card.cleaning_version}, "
+            f"this code cleans with {CLEANING_VERSION}: retrain or use a matching release"
+        )
+    return card
+
+
+def load_bundle(directory: Path | str) -> ModelBundle:
+    """Load a model directory, refusing one whose parts are missing or disagree."""
+    directory = Path(directory)
+    card = verify_bundle(directory)
+    vocab = CharVocab.load(directory / VOCAB_FILE)
+    if vocab.size != card.vocab_size:
+        raise ModelBundleError(
+            f"vocabulary {directory / VOCAB_FILE} has {vocab.size} ids but the card says {card.vocab_size}"
+        )
+    import keras
+
+    try:
+        model = keras.saving.load_model(directory / MODEL_FILE, compile=False)
+    except Exception as exc:  # Keras raises many types for a broken archive
+        raise ModelBundleError(f"cannot load model file {directory / MODEL_FILE}: {exc}") from None
+    embedding_rows = model.get_layer("embedding").input_dim
+    if embedding_rows != vocab.size:
+        raise ModelBundleError(
+            f"model {directory / MODEL_FILE} embeds {embedding_rows} ids but the vocabulary has {vocab.size}"
+        )
+    return ModelBundle(path=directory, model=model, vocab=vocab, card=card)

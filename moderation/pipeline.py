@@ -1,0 +1,355 @@
+"""The nightly scoring job, as plain functions the DAG tasks and the CLI call.
+
+Stages, each safe to retry:
+
+1. :func:`plan_run` picks the active model and cuts the interval's reviews
+   into chunks of the review-id range (small dicts, fit for XCom).
+2. :func:`score_chunk` reads one chunk, scores it and writes a Parquet file
+   (atomically: a retried task overwrites, never appends).
+3. :func:`publish` writes everything in ONE transaction: scores upserted on
+   (review, model version), newly flagged reviews inserted into the queue
+   without touching rows moderators decided, and the run recorded.
+
+Nothing reaches the database before step 3 commits, so a failed run leaves
+no partial writes, and the same interval published twice gives the same
+tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, select, text
+
+from moderation import config, db
+from moderation.errors import DatabaseError, ModelBundleError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 50_000
+PUBLISH_BATCH = 5_000
+RATE_HISTORY = 7
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    version: str
+    path: str
+    threshold: float
+
+
+@dataclass
+class RunPlan:
+    run_id: str
+    interval_start: str
+    interval_end: str
+    model: ModelChoice
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    reviews: int = 0
+
+    def to_xcom(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_dir(run_id: str, base: Path | None = None) -> Path:
+    """Folder for one run's chunk files; the run id made safe for a path."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    return (base or config.data_dir() / "runs") / safe
+
+
+def active_model(engine: Engine, threshold: float | None = None) -> ModelChoice:
+    """The active row of ``model_versions``, else the shipped model (registered then)."""
+    from moderation.model import verify_bundle
+
+    with db.translate_errors(engine), engine.connect() as conn:
+        row = conn.execute(
+            select(db.model_versions.c.version, db.model_versions.c.path, db.model_versions.c.threshold)
+            .where(db.model_versions.c.is_active.is_(True))
+        ).first()
+    if row is None:
+        card = register_model(engine, config.default_model_dir(), activate=True)
+        row = (card.version, str(config.default_model_dir()), card.threshold)
+    verify_bundle(Path(row[1]))  # fail before any work if the model is broken
+    return ModelChoice(version=row[0], path=row[1], threshold=float(threshold if threshold is not None else row[2]))
+
+
+def register_model(engine: Engine, directory: Path, activate: bool = False) -> Any:
+    """Insert or refresh a model version from its card; optionally make it the only active one."""
+    from moderation.model import verify_bundle
+
+    card = verify_bundle(directory)
+    now = datetime.now(timezone.utc)
+    values = {
+        "version": card.version,
+        "path": str(Path(directory).resolve()),
+        "threshold": card.threshold,
+        "metrics": json.dumps(card.metrics, ensure_ascii=False),
+        "created_at": datetime.fromisoformat(card.created_at),
+    }
+    with db.translate_errors(engine), engine.begin() as conn:
+        exists = conn.execute(select(db.model_versions.c.version).where(db.model_versions.c.version == card.version)).first()
+        if exists:
+            conn.execute(db.model_versions.update().where(db.model_versions.c.version == card.version).values(**values))
+        else:
+            conn.execute(db.model_versions.insert().values(**values, registered_at=now, is_active=False))
+        if activate:
+            conn.execute(db.model_versions.update().values(is_active=db.model_versions.c.version == card.version))
+    return card
+
+
+def _interval_filter(start: datetime, end: datetime) -> Any:
+    return and_(db.reviews.c.ingested_at >= start, db.reviews.c.ingested_at < end)
+
+
+def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
+             chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None) -> RunPlan:
+    """Choose the model and cut the interval into review-id chunks of ~``chunk_size`` rows."""
+    if end <= start:
+        raise ValueError(f"interval end {end} is not after its start {start}")
+    engine = db.make_engine(db_url)
+    model = active_model(engine, threshold)
+    numbered = (
+        select(db.reviews.c.review_id, func.row_number().over(order_by=db.reviews.c.review_id).label("n"))
+        .where(_interval_filter(start, end))
+        .subquery()
+    )
+    with db.translate_errors(engine), engine.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(db.reviews).where(_interval_filter(start, end))).scalar_one()
+        bounds = conn.execute(
+            select(numbered.c.review_id).where((numbered.c.n - 1) % chunk_size == 0).order_by(numbered.c.review_id)
+        ).scalars().all()
+    engine.dispose()
+    chunks = []
+    for i, low in enumerate(bounds):
+        high = bounds[i + 1] if i + 1 < len(bounds) else None
+        chunks.append({"index": i, "low_id": int(low), "high_id": None if high is None else int(high),
+                       "interval_start": start.isoformat(), "interval_end": end.isoformat(), "run_id": run_id})
+    log.info("run %s: %d reviews in [%s, %s) in %d chunks, model %s (threshold %.4f)",
+             run_id, total, start, end, len(chunks), model.version, model.threshold)
+    return RunPlan(run_id=run_id, interval_start=start.isoformat(), interval_end=end.isoformat(),
+                   model=model, chunks=chunks, reviews=int(total))
+
+
+def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_dir: Path,
+                scorer: Any | None = None) -> dict[str, Any]:
+    """Score one chunk into ``out_dir/chunk-<index>.parquet``; returns its path and counts."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from moderation.model import load_bundle
+    from moderation.scoring import Scorer
+
+    started = time.perf_counter()
+    start, end = datetime.fromisoformat(chunk["interval_start"]), datetime.fromisoformat(chunk["interval_end"])
+    condition = and_(_interval_filter(start, end), db.reviews.c.review_id >= chunk["low_id"])
+    if chunk["high_id"] is not None:
+        condition = and_(condition, db.reviews.c.review_id < chunk["high_id"])
+    engine = db.make_engine(db_url)
+    with db.translate_errors(engine), engine.connect() as conn:
+        rows = conn.execute(
+            select(db.reviews.c.review_id, db.reviews.c.text).where(condition).order_by(db.reviews.c.review_id)
+        ).all()
+    engine.dispose()
+    read_seconds = time.perf_counter() - started
+    scorer = scorer or Scorer(load_bundle(model_path))
+    frame = pd.DataFrame(rows, columns=["review_id", "text"])
+    result = scorer.score_texts(frame["text"])
+    table = pa.table({
+        "review_id": pa.array(frame["review_id"].to_numpy(), type=pa.int64()),
+        "score": pa.array(result.score, type=pa.float64(), from_pandas=True),
+        "skip_reason": pa.array(result.skip_reason.tolist(), type=pa.string()),
+    })
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"chunk-{chunk['index']:05d}.parquet"
+    partial = path.with_suffix(".parquet.partial")
+    pq.write_table(table, partial)
+    partial.replace(path)
+    skipped = result.skip_reason.value_counts().to_dict()
+    counts = {"path": str(path), "index": chunk["index"], "rows": len(frame),
+              "scored": int(len(frame) - sum(skipped.values())), "skipped": {str(k): int(v) for k, v in skipped.items()},
+              "read_seconds": round(read_seconds, 3), "seconds": round(time.perf_counter() - started, 3)}
+    log.info("chunk %d: %d reviews, %d scored, skipped %s, %.1fs", chunk["index"], counts["rows"],
+             counts["scored"], counts["skipped"] or "none", counts["seconds"])
+    return counts
+
+
+def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Write the run's scores, new flags and run record in one transaction."""
+    import pyarrow.parquet as pq
+
+    plan = _as_plan(plan)
+    expected = {c["index"] for c in plan.chunks}
+    got = {r["index"] for r in chunk_results}
+    if expected != got:
+        raise DatabaseError(f"run {plan.run_id}: chunk results {sorted(got)} do not match the plan {sorted(expected)}")
+    engine = db.make_engine(db_url)
+    now = datetime.now(timezone.utc)
+    model = plan.model
+    read = scored = flagged_new = flagged = 0
+    skipped: dict[str, int] = {}
+    started = time.perf_counter()
+    with db.translate_errors(engine), engine.begin() as conn:
+        _lock_interval(conn, plan)
+        conn.execute(db.scoring_runs.delete().where(db.scoring_runs.c.run_id == plan.run_id))
+        for result in sorted(chunk_results, key=lambda r: r["index"]):
+            path = Path(result["path"])
+            if not path.is_file():
+                raise DatabaseError(f"run {plan.run_id}: chunk file is missing: {path}")
+            table = pq.read_table(path)
+            ids = table.column("review_id").to_pylist()
+            scores = table.column("score").to_pylist()
+            reasons = table.column("skip_reason").to_pylist()
+            read += len(ids)
+            for start in range(0, len(ids), PUBLISH_BATCH):
+                sl = slice(start, start + PUBLISH_BATCH)
+                score_rows = []
+                flag_rows = []
+                for rid, score, reason in zip(ids[sl], scores[sl], reasons[sl]):
+                    has_score = score is not None and not math.isnan(score)
+                    score_rows.append({"review_id": rid, "model_version": model.version,
+                                       "score": score if has_score else None,
+                                       "skip_reason": None if has_score else (reason or "unscored"),
+                                       "scored_at": now, "run_id": plan.run_id})
+                    if has_score:
+                        scored += 1
+                        if score >= model.threshold:
+                            flag_rows.append({"review_id": rid, "model_version": model.version, "score": score,
+                                              "threshold": model.threshold, "status": "pending",
+                                              "flagged_at": now, "run_id": plan.run_id})
+                    else:
+                        key = reason or "unscored"
+                        skipped[key] = skipped.get(key, 0) + 1
+                _upsert_scores(conn, score_rows)
+                flagged += len(flag_rows)
+                flagged_new += _insert_flags(conn, flag_rows)
+        rate = flagged / scored if scored else 0.0
+        conn.execute(db.scoring_runs.insert().values(
+            run_id=plan.run_id, interval_start=datetime.fromisoformat(plan.interval_start),
+            interval_end=datetime.fromisoformat(plan.interval_end), model_version=model.version,
+            threshold=model.threshold, reviews_read=read, reviews_scored=scored,
+            reviews_skipped=sum(skipped.values()), reviews_flagged=flagged,
+            skip_reasons=json.dumps(skipped, sort_keys=True), started_at=now, finished_at=datetime.now(timezone.utc),
+            status="success",
+        ))
+        recent = _recent_flag_rates(conn, plan.run_id)
+    engine.dispose()
+    summary = {
+        "run_id": plan.run_id, "interval_start": plan.interval_start, "interval_end": plan.interval_end,
+        "model_version": model.version, "threshold": model.threshold, "reviews_read": read,
+        "reviews_scored": scored, "reviews_skipped": sum(skipped.values()), "skipped_by_reason": skipped,
+        "reviews_flagged": flagged, "newly_queued": flagged_new, "flag_rate": round(rate, 5),
+        "publish_seconds": round(time.perf_counter() - started, 3),
+    }
+    summary["warning"] = flag_rate_warning(rate, recent) if scored else None
+    log.info("run summary: %s", json.dumps(summary, ensure_ascii=False))
+    if summary["warning"]:
+        log.warning(summary["warning"])
+    return summary
+
+
+def flag_rate_warning(rate: float, recent: list[float]) -> str | None:
+    """A message when tonight's flag rate departs sharply from the recent runs' mean."""
+    if len(recent) < 3:
+        return None
+    mean = sum(recent) / len(recent)
+    if abs(rate - mean) > max(0.5 * mean, 0.05):
+        return (f"flag rate {rate:.1%} departs from the mean of the last {len(recent)} runs ({mean:.1%}): "
+                f"check the input data and the active model")
+    return None
+
+
+def _as_plan(plan: RunPlan | dict[str, Any]) -> RunPlan:
+    if isinstance(plan, RunPlan):
+        return plan
+    values = dict(plan)
+    values["model"] = ModelChoice(**values["model"])
+    return RunPlan(**values)
+
+
+def _lock_interval(conn: Any, plan: RunPlan) -> None:
+    """Serialise publishers: two runs of one interval never interleave their writes."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x5EED_0001})
+    else:  # SQLite: take the write lock now rather than at the first write
+        conn.execute(db.scoring_runs.update().where(db.scoring_runs.c.run_id == "\0lock").values(status="running"))
+
+
+def _upsert_scores(conn: Any, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    insert = _dialect_insert(conn)(db.review_scores)
+    excluded = insert.excluded
+    current = db.review_scores.c
+    changed = (
+        (current.score.is_(None) != excluded.score.is_(None))
+        | (func.abs(func.coalesce(current.score, 0.0) - func.coalesce(excluded.score, 0.0)) > 1e-6)
+        | (func.coalesce(current.skip_reason, "") != func.coalesce(excluded.skip_reason, ""))
+    )
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[current.review_id, current.model_version],
+            set_={"score": excluded.score, "skip_reason": excluded.skip_reason,
+                  "scored_at": excluded.scored_at, "run_id": excluded.run_id},
+            where=changed,
+        ),
+        rows,
+    )
+
+
+def _insert_flags(conn: Any, rows: list[dict[str, Any]]) -> int:
+    """Queue new flags; a review already in the queue (decided or not) is left as it is."""
+    if not rows:
+        return 0
+    insert = _dialect_insert(conn)(db.moderation_queue).on_conflict_do_nothing(index_elements=["review_id"])
+    before = conn.execute(select(func.count()).select_from(db.moderation_queue)).scalar_one()
+    conn.execute(insert, rows)
+    return int(conn.execute(select(func.count()).select_from(db.moderation_queue)).scalar_one() - before)
+
+
+def _dialect_insert(conn: Any) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _recent_flag_rates(conn: Any, exclude_run: str) -> list[float]:
+    rows = conn.execute(
+        select(db.scoring_runs.c.reviews_flagged, db.scoring_runs.c.reviews_scored)
+        .where(db.scoring_runs.c.status == "success", db.scoring_runs.c.run_id != exclude_run,
+               db.scoring_runs.c.reviews_scored > 0)
+        .order_by(db.scoring_runs.c.finished_at.desc())
+        .limit(RATE_HISTORY)
+    ).all()
+    return [f / s for f, s in rows]
+
+
+def run_nightly(db_url: str | None, start: datetime, end: datetime, run_id: str | None = None,
+                chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
+                work_dir: Path | None = None) -> dict[str, Any]:
+    """The whole nightly job without Airflow: plan, score every chunk, publish."""
+    from moderation.model import load_bundle
+    from moderation.scoring import Scorer
+
+    run_id = run_id or f"cli__{start.isoformat()}__{end.isoformat()}"
+    plan = plan_run(db_url, run_id, start, end, chunk_size, threshold)
+    out_dir = work_dir or run_dir(run_id)
+    results = []
+    if plan.chunks:
+        try:
+            scorer = Scorer(load_bundle(plan.model.path), threshold=plan.model.threshold)
+        except ModelBundleError:
+            raise
+        for chunk in plan.chunks:
+            results.append(score_chunk(db_url, chunk, plan.model.path, out_dir, scorer=scorer))
+    return publish(db_url, plan, results)
