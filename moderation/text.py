@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -77,14 +78,16 @@ def clean_text(text: str | None) -> str | None:
 
 def skip_reasons(raw: pd.Series, cleaned: pd.Series) -> pd.Series:
     """Why each row cannot be scored (``None`` for rows that can)."""
-    reasons = pd.Series(None, index=raw.index, dtype=object)
+    reasons = np.full(len(raw), None, dtype=object)
     raw_na = raw.isna().to_numpy()
-    raw_blank = ~raw_na & (raw.fillna("").astype(str).str.strip() == "").to_numpy()
+    raw_blank = np.fromiter(
+        (isinstance(v, str) and not v.strip() for v in raw.tolist()), dtype=bool, count=len(raw)
+    )
     nothing_left = ~raw_na & ~raw_blank & (cleaned.fillna("").str.len() == 0).to_numpy()
     reasons[raw_na] = SKIP_NULL
     reasons[raw_blank] = SKIP_EMPTY
     reasons[nothing_left] = SKIP_NOTHING_LEFT
-    return reasons
+    return pd.Series(reasons, index=raw.index, dtype=object)
 
 
 def _index_of(texts: object) -> pd.Index | None:
