@@ -45,6 +45,7 @@ class TrainingConfig:
     embedding_dim: int = 16
     min_char_freq: int = 3
     patience: int = 2
+    lr_decay_factor: float = 0.3
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 13
@@ -96,6 +97,7 @@ def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version:
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience,
                                           restore_best_weights=True),
             keras.callbacks.TerminateOnNaN(),
+            *_lr_decay(config),
         ],
     )
     seconds = time.perf_counter() - started
@@ -141,6 +143,14 @@ def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version:
     save_bundle(out_dir, model, vocab, card)
     plot_history(history.history, out_dir / CURVE_FILE, title=version)
     return bundle
+
+
+def _lr_decay(config: TrainingConfig) -> list[Any]:
+    """Lower the learning rate when validation ROC-AUC stalls: the last epochs then refine."""
+    if not 0.0 < config.lr_decay_factor < 1.0:
+        return []
+    return [keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=config.lr_decay_factor,
+                                              patience=1, min_lr=1e-5, verbose=1 if config.verbose else 0)]
 
 
 def evaluate_frame(scorer: Scorer, frame: pd.DataFrame) -> dict[str, Any]:
