@@ -71,7 +71,7 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def any_db_url(request: pytest.FixtureRequest) -> str:
     """Runs the test once on a SQLite file and once on a PostgreSQL database."""
     if request.param == "sqlite":

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 from moderation.errors import InputDataError
+
+#: Rejected lines ``reviews import`` names; the count covers them all.
+REJECTIONS_SHOWN = 5
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -15,6 +19,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     init = db_sub.add_parser("init", help="create the schema (idempotent)")
     _db_option(init)
     init.set_defaults(handler=_db_init)
+
+    reviews = commands.add_parser("reviews", help="load reviews into the database")
+    reviews_sub = reviews.add_subparsers(dest="reviews_command", metavar="ACTION", required=True)
+    load = reviews_sub.add_parser(
+        "import", help="upsert a review file (corpus Parquet, CSV/TSV, NSMC or Naver shopping TSV)",
+        description="Upsert reviews on review_id: importing a file again changes nothing. Broken rows are "
+                    "reported with their line number and skipped; the rest load in one transaction.")
+    load.add_argument("file", type=Path, metavar="FILE", help=".parquet, .csv, .tsv or .txt")
+    _db_option(load)
+    load.add_argument("--spread-days", type=_positive_int, default=None, metavar="N",
+                      help="spread ingested_at over the last N days (demo history) instead of now")
+    load.set_defaults(handler=_reviews_import)
 
     score = commands.add_parser("score", help="score the reviews ingested in [start, end) and publish flags")
     _db_option(score)
@@ -40,12 +56,51 @@ def parse_time(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
 def _db_init(args: argparse.Namespace) -> int:
     from moderation import db
 
     engine = db.make_engine(args.db)
+    if engine.dialect.name == "postgresql":
+        # The sql/ files are the DDL of record on PostgreSQL: tables, the moderators' view, the roles.
+        from moderation.sql_files import apply_sql
+
+        applied = apply_sql(engine)
+        print(f"applied {', '.join(p.name for p in applied)}")
     db.init_schema(engine)
     print(f"schema ready on {engine.url.render_as_string(hide_password=True)}")
+    engine.dispose()
+    return 0
+
+
+def _reviews_import(args: argparse.Namespace) -> int:
+    from moderation import db
+    from moderation.importing import import_reviews
+
+    engine = db.make_engine(args.db)
+    try:
+        report = import_reviews(engine, args.file, spread_days=args.spread_days)
+    finally:
+        engine.dispose()
+    if report.rows_read and report.rejected == report.rows_read:
+        first = report.rejections[0]
+        raise InputDataError(f"no row of {args.file} could be imported ({report.rejected} rejected; "
+                             f"{report.unit} {first.line}: {first.reason})")
+    print(f"imported into {engine.url.render_as_string(hide_password=True)}: {report.summary(first=0)}")
+    shown = report.rejections[:REJECTIONS_SHOWN]
+    for rejection in shown:
+        print(f"  rejected {report.unit} {rejection.line}: {rejection.reason}")
+    if report.rejected > len(shown):
+        print(f"  ... and {report.rejected - len(shown)} more rejected")
     return 0
 
 

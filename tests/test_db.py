@@ -1,0 +1,114 @@
+"""The schema on real SQLite files and real PostgreSQL databases: idempotent, and its checks bite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+
+from moderation import db
+from moderation.cli import main
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def engine(any_db_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(any_db_url)
+    db.init_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+def _review(conn: Any, review_id: int = 1) -> None:
+    conn.execute(db.reviews.insert().values(review_id=review_id, product_id=7, rating=1, text="별로예요",
+                                            created_at=NOW, ingested_at=NOW))
+
+
+def _queue_row(review_id: int = 1, **overrides: Any) -> dict[str, Any]:
+    row = {"review_id": review_id, "model_version": "m1", "score": 0.9, "threshold": 0.5, "status": "pending",
+           "flagged_at": NOW, "run_id": "r1"}
+    return row | overrides
+
+
+def test_init_twice_keeps_tables_and_rows(engine: Engine) -> None:
+    with engine.begin() as conn:
+        _review(conn)
+    db.init_schema(engine)
+    db.init_schema(engine)
+    inspector = inspect(engine)
+    assert {t.name for t in db.TABLES} <= set(inspector.get_table_names())
+    assert "flagged_reviews" in inspector.get_view_names()
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(db.reviews)).scalar_one() == 1
+
+
+def test_db_init_command_twice(any_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "init", "--db", any_db_url]) == 0
+    assert main(["db", "init", "--db", any_db_url]) == 0
+    out = capsys.readouterr().out
+    assert out.count("schema ready") == 2
+    engine = db.make_engine(any_db_url)
+    try:
+        assert "flagged_reviews" in inspect(engine).get_view_names()
+        if engine.dialect.name == "postgresql":
+            assert "003_roles.sql" in out
+            with engine.connect() as conn:
+                roles = conn.execute(text("SELECT rolname FROM pg_roles WHERE rolname IN ('moderator', 'scorer')"))
+                assert sorted(roles.scalars()) == ["moderator", "scorer"]
+    finally:
+        engine.dispose()
+
+
+def test_flagged_view_joins_queue_and_review(engine: Engine) -> None:
+    with engine.begin() as conn:
+        _review(conn, 1)
+        _review(conn, 2)
+        conn.execute(db.moderation_queue.insert(), [_queue_row(1), _queue_row(2, score=0.95)])
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT review_id, product_id, text, status FROM flagged_reviews")).all()
+    assert [tuple(r) for r in rows] == [(2, 7, "별로예요", "pending"), (1, 7, "별로예요", "pending")]
+
+
+@pytest.mark.parametrize(
+    ("table", "values"),
+    [
+        ("moderation_queue", _queue_row(status="approved")),
+        ("review_labels", {"review_id": 1, "label": 2, "source": "moderator", "labelled_at": NOW}),
+        ("review_labels", {"review_id": 1, "label": 1, "source": "guess", "labelled_at": NOW}),
+        ("review_scores", {"review_id": 1, "model_version": "m1", "score": None, "skip_reason": None,
+                           "scored_at": NOW, "run_id": "r1"}),
+        ("review_scores", {"review_id": 1, "model_version": "m1", "score": 0.3, "skip_reason": "empty",
+                           "scored_at": NOW, "run_id": "r1"}),
+        ("scoring_runs", {"run_id": "r1", "interval_start": NOW, "interval_end": NOW, "model_version": "m1",
+                          "threshold": 0.5, "reviews_read": 0, "reviews_scored": 0, "reviews_skipped": 0,
+                          "reviews_flagged": 0, "started_at": NOW, "status": "done"}),
+        ("moderation_queue", _queue_row(review_id=404)),  # no such review: the foreign key
+    ],
+    ids=["queue-status", "label-value", "label-source", "score-and-reason-null", "score-and-reason-both",
+         "run-status", "queue-fk"],
+)
+def test_constraints_reject_bad_rows(engine: Engine, table: str, values: dict[str, Any]) -> None:
+    with engine.begin() as conn:
+        _review(conn)
+    with pytest.raises(IntegrityError):
+        with engine.begin() as conn:
+            conn.execute(db.metadata.tables[table].insert().values(**values))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(db.metadata.tables[table])).scalar_one() == 0
+
+
+def test_constraints_accept_good_rows(engine: Engine) -> None:
+    with engine.begin() as conn:
+        _review(conn)
+        conn.execute(db.moderation_queue.insert().values(**_queue_row(status="confirmed")))
+        conn.execute(db.review_labels.insert(), [
+            {"review_id": 1, "label": 1, "source": "moderator", "labelled_at": NOW},
+            {"review_id": 1, "label": 0, "source": "rating", "labelled_at": NOW},
+        ])
+        conn.execute(db.review_scores.insert().values(review_id=1, model_version="m1", score=None,
+                                                      skip_reason="empty", scored_at=NOW, run_id="r1"))
