@@ -143,4 +143,7 @@ def chunk_results(results: Any) -> list[dict[str, Any]]:
     """The mapped scoring results as a list; ``None`` (no chunks, task skipped) is empty."""
     if results is None:
         return []
-    return [r for r in results if r is not None]
+    # A slice is one request to the XCom backend; iterating a lazy XCom sequence
+    # probes one index past the end and logs a spurious "XCom not found".
+    items = results[:] if hasattr(results, "__getitem__") else list(results)
+    return [r for r in items if r is not None]

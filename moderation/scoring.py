@@ -20,7 +20,7 @@ from moderation.model import ModelBundle
 from moderation.text import clean_texts, skip_reasons
 from moderation.vocab import EncodedTexts
 
-DEFAULT_BATCH_SIZE = 2048
+DEFAULT_BATCH_SIZE = 1024
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,109 @@
+"""
+### Nightly review moderation
+
+Scores the reviews **ingested during the run's data interval** with the active
+character-LSTM model and queues the likely-negative ones for moderators.
+
+| task | does | XCom |
+|---|---|---|
+| `plan` | picks the active model, counts the interval's reviews, cuts them into review-id chunks | the plan (model version, path, threshold, chunks, count) |
+| `list_chunks` | hands the plan's chunks to the mapped task | the chunk list |
+| `score_chunk` | one mapped task per chunk: loads the model once, writes scores to Parquet under `var/runs/<run_id>/` | file path and counts |
+| `publish` | one transaction: upserts scores on (review, model version), queues new flags, records the run | the run summary |
+
+**Idempotent:** nothing is written to the database before `publish` commits, and
+re-running an interval gives the same tables; reviews a moderator already decided
+keep their decision. An empty interval records a run with zero counts.
+
+**Configuration**
+
+* Connection `reviews_db` (e.g. env `AIRFLOW_CONN_REVIEWS_DB=postgresql://user@host/reviews`
+  or `sqlite:////path/reviews.db`); without it, `MODERATION_DB_URL`, else the embedded SQLite file.
+* Params: `threshold` (override the model card's decision threshold), `chunk_size`.
+* Env: `MODERATION_NIGHTLY_SCHEDULE` (cron, UTC; default midnight, each run scores the
+  24 hours before it), `MODERATION_NIGHTLY_CATCHUP` (default false; `airflow backfill create`
+  works either way), `MODERATION_SCORING_PARALLELISM` (chunks scored at once, default 2).
+
+The same job without Airflow: `moderation score --start 2024-01-01 --end 2024-01-02`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, get_current_context, task
+
+from moderation.airflow_support import NIGHTLY_INTERVAL, env_flag, nightly_schedule
+
+DEFAULT_CHUNK_SIZE = 50_000  # mirrors moderation.pipeline.DEFAULT_CHUNK_SIZE, which is too heavy to import here
+
+
+@task
+def plan(params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Choose the model and cut the interval into chunks; small dict for XCom."""
+    from moderation import airflow_support, pipeline
+
+    context = get_current_context()
+    start, end = airflow_support.interval_from_context(context)
+    params = params or {}
+    run_plan = pipeline.plan_run(airflow_support.reviews_db_url(), context["run_id"], start, end,
+                                 chunk_size=int(params.get("chunk_size") or DEFAULT_CHUNK_SIZE),
+                                 threshold=params.get("threshold"))
+    return run_plan.to_xcom()
+
+
+@task
+def list_chunks(run_plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's chunks as the list ``score_chunk`` is mapped over (may be empty)."""
+    return list(run_plan["chunks"])
+
+
+@task(max_active_tis_per_dagrun=int(os.environ.get("MODERATION_SCORING_PARALLELISM", "2")))
+def score_chunk(run_plan: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
+    """Score one chunk into a Parquet file; a retry overwrites the same file."""
+    from moderation import airflow_support, pipeline
+
+    return pipeline.score_chunk(airflow_support.reviews_db_url(), chunk, run_plan["model"]["path"],
+                                pipeline.run_dir(run_plan["run_id"]))
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED)
+def publish(run_plan: dict[str, Any], results: Any = None) -> dict[str, Any]:
+    """Publish every chunk in one transaction; runs (with no results) when there were no chunks."""
+    from moderation import airflow_support, pipeline
+
+    return pipeline.publish(airflow_support.reviews_db_url(), run_plan, airflow_support.chunk_results(results))
+
+
+@dag(
+    dag_id="review_moderation_nightly",
+    doc_md=__doc__,
+    description="Score the day's new reviews and queue likely-negative ones for moderators",
+    schedule=CronTriggerTimetable(nightly_schedule(), timezone="UTC", interval=NIGHTLY_INTERVAL),
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=env_flag("MODERATION_NIGHTLY_CATCHUP", False),
+    max_active_runs=1,
+    tags=["moderation", "reviews", "nightly"],
+    default_args={
+        "owner": "moderation",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+    },
+    params={
+        "threshold": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                           description="Flag when score >= this; empty uses the active model card's threshold"),
+        "chunk_size": Param(DEFAULT_CHUNK_SIZE, type="integer", minimum=100, maximum=1_000_000,
+                            description="Reviews per mapped scoring task"),
+    },
+)
+def review_moderation_nightly() -> None:
+    planned = plan()
+    scored = score_chunk.partial(run_plan=planned).expand(chunk=list_chunks(planned))
+    publish(planned, scored)
+
+
+review_moderation_nightly()

@@ -1,0 +1,209 @@
+"""The nightly DAG end to end: real Airflow (dag.test), real SQLite and PostgreSQL, a real tiny model.
+
+The sample's 6,012 reviews are imported with ``ingested_at`` spread over
+three days; each run scores one of those days, so rows outside the interval
+must stay unscored.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from moderation import db
+
+pytestmark = pytest.mark.slow
+
+IMPORTED_AT = datetime(2024, 3, 4, tzinfo=timezone.utc)
+#: The run for logical date 2024-03-03 scores the reviews ingested on 2024-03-02 (UTC).
+LOGICAL_DATE = datetime(2024, 3, 3, tzinfo=timezone.utc)
+INTERVAL = (datetime(2024, 3, 2, tzinfo=timezone.utc), datetime(2024, 3, 3, tzinfo=timezone.utc))
+CHUNK_SIZE = 800  # ~2,000 reviews that day -> 3 mapped scoring tasks
+
+
+def load_reviews(db_url: str, sample_path: Path) -> None:
+    from moderation.importing import import_reviews
+
+    engine = db.make_engine(db_url)
+    db.init_schema(engine)
+    report = import_reviews(engine, sample_path, spread_days=3, now=IMPORTED_AT)
+    engine.dispose()
+    assert report.rejected == 0, report.summary()
+
+
+def rows(db_url: str, table: Any) -> list[dict[str, Any]]:
+    """Every row of ``table`` in primary-key order, as dicts: the full table content."""
+    engine = db.make_engine(db_url)
+    with engine.connect() as conn:
+        result = [dict(r._mapping) for r in conn.execute(select(table).order_by(*table.primary_key.columns))]
+    engine.dispose()
+    return result
+
+
+def interval_review_ids(db_url: str) -> set[int]:
+    engine = db.make_engine(db_url)
+    with engine.connect() as conn:
+        ids = set(conn.execute(select(db.reviews.c.review_id).where(
+            db.reviews.c.ingested_at >= INTERVAL[0], db.reviews.c.ingested_at < INTERVAL[1])).scalars())
+    engine.dispose()
+    return ids
+
+
+def utc(moment: datetime) -> datetime:
+    """SQLite gives naive UTC, PostgreSQL aware in the session's zone: both as aware UTC."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def model_threshold(model_dir: Path) -> float:
+    return float(json.loads((model_dir / "card.json").read_text(encoding="utf-8"))["threshold"])
+
+
+def assert_published(db_url: str, threshold: float) -> None:
+    """Scores for exactly the interval's reviews, the queue for exactly those at or over the threshold."""
+    expected = interval_review_ids(db_url)
+    assert 1_000 < len(expected) < 6_012
+    scores = rows(db_url, db.review_scores)
+    assert [r["review_id"] for r in scores] == sorted(expected)
+    assert {r["model_version"] for r in scores} == {"tiny-model"}
+    flagged = {r["review_id"]: r["score"] for r in scores if r["score"] is not None and r["score"] >= threshold}
+    queue = rows(db_url, db.moderation_queue)
+    assert {r["review_id"]: r["score"] for r in queue} == flagged
+    assert 0 < len(flagged) < len(expected)
+    assert {r["status"] for r in queue} == {"pending"}
+    assert all(r["threshold"] == pytest.approx(threshold) for r in queue)
+
+    [run] = rows(db_url, db.scoring_runs)
+    assert run["run_id"] == f"manual__{LOGICAL_DATE.isoformat()}"
+    assert run["status"] == "success"
+    assert (utc(run["interval_start"]), utc(run["interval_end"])) == INTERVAL
+    assert run["reviews_read"] == len(expected)
+    assert run["reviews_scored"] == sum(r["score"] is not None for r in scores)
+    assert run["reviews_skipped"] == sum(r["score"] is None for r in scores)
+    assert run["reviews_flagged"] == len(flagged)
+    assert run["threshold"] == pytest.approx(threshold)
+
+
+def test_nightly_run_scores_the_interval_and_is_idempotent(
+    any_db_url: str, sample_path: Path, tiny_model_dir: Path, nightly_dag: Any, dag_runner: Any,
+    reviews_connection: Any,
+) -> None:
+    load_reviews(any_db_url, sample_path)
+    reviews_connection(any_db_url)
+
+    state, tasks = dag_runner(nightly_dag, LOGICAL_DATE, {"chunk_size": CHUNK_SIZE})
+
+    assert state == "success", tasks
+    assert tasks == {"plan": "success", "list_chunks": "success", "publish": "success",
+                     "score_chunk[0]": "success", "score_chunk[1]": "success", "score_chunk[2]": "success"}
+    threshold = model_threshold(tiny_model_dir)
+    assert_published(any_db_url, threshold)
+
+    # A moderator decides one flagged review before the interval is re-run.
+    decided = rows(any_db_url, db.moderation_queue)[0]["review_id"]
+    engine = db.make_engine(any_db_url)
+    with engine.begin() as conn:
+        conn.execute(update(db.moderation_queue).where(db.moderation_queue.c.review_id == decided).values(
+            status="confirmed", decided_by="moderator-kim", decided_at=datetime(2024, 3, 3, 9, tzinfo=timezone.utc),
+            note="욕설 포함"))
+    engine.dispose()
+    before = {t.name: rows(any_db_url, t) for t in (db.review_scores, db.moderation_queue, db.scoring_runs)}
+
+    state, tasks = dag_runner(nightly_dag, LOGICAL_DATE, {"chunk_size": CHUNK_SIZE})
+
+    assert state == "success", tasks
+    assert rows(any_db_url, db.review_scores) == before["review_scores"]
+    assert rows(any_db_url, db.moderation_queue) == before["moderation_queue"]
+    kept = next(r for r in rows(any_db_url, db.moderation_queue) if r["review_id"] == decided)
+    assert (kept["status"], kept["decided_by"], kept["note"]) == ("confirmed", "moderator-kim", "욕설 포함")
+    [run] = rows(any_db_url, db.scoring_runs)  # the run's record is replaced, not duplicated
+    ignore = {"started_at", "finished_at"}
+    assert {k: v for k, v in run.items() if k not in ignore} == \
+        {k: v for k, v in before["scoring_runs"][0].items() if k not in ignore}
+
+
+def test_failure_while_scoring_leaves_the_database_untouched(
+    any_db_url: str, sample_path: Path, nightly_dag: Any, dag_runner: Any, reviews_connection: Any,
+    monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path,
+) -> None:
+    from moderation import pipeline
+
+    load_reviews(any_db_url, sample_path)
+    reviews_connection(any_db_url)
+    real_score_chunk = pipeline.score_chunk
+
+    def fail_on_second_chunk(db_url: str | None, chunk: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if chunk["index"] == 1:
+            raise RuntimeError("injected failure: worker lost while scoring chunk 1")
+        return real_score_chunk(db_url, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "score_chunk", fail_on_second_chunk)
+    for task in nightly_dag.tasks:
+        task.retries = 0  # fail now instead of waiting minutes for the retry delay
+
+    state, tasks = dag_runner(nightly_dag, LOGICAL_DATE, {"chunk_size": CHUNK_SIZE})
+
+    assert state == "failed"
+    assert tasks["score_chunk[0]"] == "success"
+    assert tasks["score_chunk[1]"] == "failed"
+    assert tasks["publish"] == "upstream_failed"
+    for table in (db.review_scores, db.moderation_queue, db.scoring_runs):
+        assert rows(any_db_url, table) == [], table.name
+
+    # The worker is back: re-running the interval publishes everything, once.
+    monkeypatch.setattr(pipeline, "score_chunk", real_score_chunk)
+    state, tasks = dag_runner(nightly_dag, LOGICAL_DATE, {"chunk_size": CHUNK_SIZE})
+    assert state == "success", tasks
+    assert_published(any_db_url, model_threshold(tiny_model_dir))
+
+
+def test_empty_interval_records_a_run_with_zeros(
+    sqlite_url: str, sample_path: Path, nightly_dag: Any, dag_runner: Any, reviews_connection: Any,
+) -> None:
+    load_reviews(sqlite_url, sample_path)
+    reviews_connection(sqlite_url)
+    empty_day = LOGICAL_DATE + timedelta(days=30)
+
+    state, tasks = dag_runner(nightly_dag, empty_day, {"threshold": 0.9})
+
+    assert state == "success", tasks
+    assert tasks == {"plan": "success", "list_chunks": "success", "score_chunk": "skipped", "publish": "success"}
+    assert rows(sqlite_url, db.review_scores) == []
+    assert rows(sqlite_url, db.moderation_queue) == []
+    [run] = rows(sqlite_url, db.scoring_runs)
+    assert (run["reviews_read"], run["reviews_scored"], run["reviews_flagged"], run["status"]) == (0, 0, 0, "success")
+    assert run["threshold"] == pytest.approx(0.9)  # the Param overrides the model card's threshold
+
+
+def test_cli_score_gives_the_same_tables_as_the_dag(
+    sqlite_url: str, tmp_path: Path, sample_path: Path, nightly_dag: Any, dag_runner: Any,
+    reviews_connection: Any, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from moderation.cli import main
+
+    cli_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    for url in (sqlite_url, cli_url):
+        load_reviews(url, sample_path)
+    reviews_connection(sqlite_url)
+
+    state, tasks = dag_runner(nightly_dag, LOGICAL_DATE, {"chunk_size": CHUNK_SIZE})
+    assert state == "success", tasks
+    code = main(["score", "--db", cli_url, "--start", INTERVAL[0].isoformat(), "--end", INTERVAL[1].isoformat()])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+
+    def essence(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        scores = [(r["review_id"], r["model_version"], None if r["score"] is None else round(r["score"], 6),
+                   r["skip_reason"]) for r in rows(url, db.review_scores)]
+        queue = [(r["review_id"], r["model_version"], round(r["score"], 6), r["threshold"], r["status"])
+                 for r in rows(url, db.moderation_queue)]
+        return scores, queue
+
+    assert essence(cli_url) == essence(sqlite_url)
+    [dag_run] = rows(sqlite_url, db.scoring_runs)
+    assert summary["reviews_read"] == dag_run["reviews_read"]
+    assert summary["reviews_flagged"] == dag_run["reviews_flagged"]
