@@ -9,6 +9,7 @@ masked, so a review's score does not depend on which batch it lands in.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -82,8 +83,17 @@ def length_bucketed_batches(
         yield rows, encoded.padded(rows)
 
 
+_COMPILED: weakref.WeakKeyDictionary[Any, Callable[[np.ndarray], np.ndarray]] = weakref.WeakKeyDictionary()
+
+
 def _compiled_predict(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """A forward pass traced once for any batch shape (TensorFlow), else plain predict."""
+    """One forward pass per model, traced once for any batch shape (TensorFlow), else plain predict."""
+    if model not in _COMPILED:
+        _COMPILED[model] = _build_predict(model)
+    return _COMPILED[model]
+
+
+def _build_predict(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     import keras
 
     if keras.backend.backend() == "tensorflow":

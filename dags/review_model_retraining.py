@@ -1,0 +1,132 @@
+"""
+### Model retraining from moderators' decisions
+
+Triggered by hand (Airflow UI "Trigger DAG" form, or
+`airflow dags trigger review_model_retraining --conf '{"epochs": 3}'`).
+
+| task | does | XCom |
+|---|---|---|
+| `snapshot_labels` | writes the labelled reviews (moderator decisions, imported labels, optionally rating labels) to Parquet with a fingerprint | path, counts, fingerprint |
+| `enough_new_labels` | ends the run early, as skipped and not failed, when too few labels are new since the active model | yes/no |
+| `train_candidate` | trains the char-LSTM on the snapshot's training products (plus the base corpus when asked) into `models/<version>/` | version, path, threshold |
+| `evaluate` | scores the same held-out products with the candidate and the active model | both models' metrics |
+| `register_and_promote` | registers the candidate in `model_versions`; makes it active only if the policy allows and sanity checks pass; updates the model Asset | the outcome and its reason |
+
+The next nightly run uses whichever version is active. A refused or replaced
+version stays registered: `moderation models activate VERSION` brings it back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+ACTIVE_MODEL_ASSET = Asset("moderation://models/active", group="model")
+
+
+def _params() -> Any:
+    from moderation.retraining import RetrainingParams
+
+    return RetrainingParams.from_mapping(dict(get_current_context()["params"]))
+
+
+def _work_dir(run_id: str) -> Any:
+    from moderation import pipeline
+
+    return pipeline.run_dir(run_id) / "retraining"
+
+
+@task
+def snapshot_labels() -> dict[str, Any]:
+    """Labelled data to Parquet; only its path and counts travel through XCom."""
+    from moderation import airflow_support, retraining
+
+    context = get_current_context()
+    return retraining.snapshot_labels(airflow_support.reviews_db_url(), _work_dir(context["run_id"]), _params())
+
+
+@task.short_circuit
+def enough_new_labels(snapshot: dict[str, Any]) -> bool:
+    """Skip the rest with a clear message when there is nothing new to learn from."""
+    import logging
+
+    if not snapshot["ready"]:
+        logging.getLogger(__name__).warning("retraining skipped: %s", snapshot["reason"])
+    return bool(snapshot["ready"])
+
+
+@task
+def train_candidate(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """Train the candidate model (TensorFlow is imported here, in the worker)."""
+    from moderation import retraining
+
+    return retraining.train_candidate(snapshot, _params())
+
+
+@task
+def evaluate(snapshot: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
+    """Candidate and active model on the same held-out labels."""
+    from moderation import airflow_support, db, pipeline, retraining
+
+    active = pipeline.active_model(db.make_engine(airflow_support.reviews_db_url()))
+    evaluation = retraining.evaluate_models(snapshot, candidate, active.path, _params())
+    evaluation["active_version"] = active.version
+    return evaluation
+
+
+@task(outlets=[ACTIVE_MODEL_ASSET])
+def register_and_promote(candidate: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Register the candidate and promote it when the policy allows; record why."""
+    from moderation import airflow_support, retraining
+
+    decision = retraining.promotion_decision(evaluation, candidate, _params())
+    outcome = retraining.register_and_promote(airflow_support.reviews_db_url(), candidate, decision)
+    get_current_context()["outlet_events"][ACTIVE_MODEL_ASSET].extra = {
+        "active_version": outcome["active_version"], "candidate": outcome["candidate"],
+        "promoted": outcome["promoted"], "reason": outcome["reason"],
+    }
+    return outcome
+
+
+@dag(
+    dag_id="review_model_retraining",
+    doc_md=__doc__,
+    description="Retrain the review model on moderators' decisions; promote it only if it is better",
+    schedule=None,
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["moderation", "model", "retraining"],
+    default_args={"owner": "moderation", "retries": 2},
+    params={
+        "epochs": Param(3, type="integer", minimum=1, maximum=50, title="Epochs",
+                        description="Training epochs (early stopping may end sooner)"),
+        "batch_size": Param(256, type="integer", minimum=16, maximum=4096, title="Batch size"),
+        "learning_rate": Param(0.002, type="number", exclusiveMinimum=0, maximum=0.1, title="Learning rate"),
+        "max_len": Param(150, type="integer", minimum=20, maximum=1000, title="Max length",
+                         description="Characters per review the model reads (the end of longer reviews is kept)"),
+        "min_new_labels": Param(100, type="integer", minimum=0, title="Minimum new labels",
+                                description="Moderator/imported labels needed since the active model; fewer ends the run early"),
+        "include_rating_labels": Param(False, type="boolean", title="Include rating labels",
+                                       description="Use review ratings as weak labels (1-4 of 10 negative, 9-10 positive)"),
+        "include_base_corpus": Param(False, type="boolean", title="Include the base corpus",
+                                     description="Also train on the shared 640k-review corpus (slow: about 80 s per epoch on 2 cores)"),
+        "promotion_policy": Param("if_better", type="string", enum=["if_better", "always", "never"],
+                                  title="Promotion policy",
+                                  description="if_better: promote when held-out ROC-AUC improves by more than the minimum"),
+        "min_improvement": Param(0.0, type="number", minimum=0, maximum=1, title="Minimum improvement",
+                                 description="ROC-AUC gain over the active model required by if_better"),
+        "metric_floor": Param(0.6, type="number", minimum=0, maximum=1, title="Metric floor",
+                              description="Never promote a candidate whose held-out ROC-AUC is below this"),
+    },
+)
+def review_model_retraining() -> None:
+    snapshot = snapshot_labels()
+    candidate = train_candidate(snapshot)
+    enough_new_labels(snapshot) >> candidate
+    register_and_promote(candidate, evaluate(snapshot, candidate))
+
+
+review_model_retraining()
