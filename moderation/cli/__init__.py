@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModerationError as exc:
         print(f"moderation {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE_OR_INPUT
+    except OSError as exc:  # a file we could not read or write, named by the OS
+        print(f"moderation {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_USAGE_OR_INPUT
     except KeyboardInterrupt:
         print(f"moderation {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,9 +1,410 @@
-"""Moderator commands: flagged, decide, stats, labels, models."""
+"""Moderator commands: flagged, decide, stats, labels, models.
+
+Tables are drawn for a terminal that shows Hangul (and other East Asian
+wide characters) two columns wide: cells are padded by display width, not
+by ``len``, so the columns line up under Korean text.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
+import unicodedata
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from moderation.errors import InputDataError
+
+FORMATS = ("table", "csv", "json", "parquet")
+#: Display columns of the text in ``flagged``'s table (a Hangul syllable takes 2).
+TEXT_WIDTH = 50
+ELLIPSIS = "…"
+REJECTIONS_SHOWN = 5
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Moderator commands are added here."""
+    """Add flagged, decide, stats, labels and models to the ``moderation`` command."""
+    _register_flagged(commands)
+    _register_decide(commands)
+    _register_stats(commands)
+    _register_labels(commands)
+    _register_models(commands)
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=None, metavar="URL",
+                        help="database URL (default: $MODERATION_DB_URL, else the embedded SQLite file)")
+
+
+def parse_time(value: str) -> datetime:
+    """ISO date or date-time; naive values are taken as UTC."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {number}")
+    return number
+
+
+def _register_flagged(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("flagged", help="list flagged reviews, newest first")
+    parser.add_argument("--status", choices=["pending", "confirmed", "dismissed"], default=None,
+                        help="only this status (default: all)")
+    parser.add_argument("--since", type=parse_time, default=None, metavar="DATE",
+                        help="flagged at or after (ISO date/time, UTC)")
+    parser.add_argument("--until", type=parse_time, default=None, metavar="DATE", help="flagged before (exclusive)")
+    parser.add_argument("--min-score", type=float, default=None, metavar="X", help="only scores >= X")
+    parser.add_argument("--product", type=int, default=None, metavar="ID")
+    parser.add_argument("--limit", type=_non_negative_int, default=50, metavar="N", help="at most N rows (0: all)")
+    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
+    _db_option(parser)
+    parser.set_defaults(handler=_flagged)
+
+
+def _register_decide(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("decide", help="confirm or dismiss flagged reviews (also records labels)")
+    parser.add_argument("review_ids", nargs="+", type=int, metavar="REVIEW_ID")
+    choice = parser.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--confirm", dest="decision", action="store_const", const="confirmed",
+                        help="the review is negative: the flag was right")
+    choice.add_argument("--dismiss", dest="decision", action="store_const", const="dismissed",
+                        help="the review is not negative: the flag was wrong")
+    parser.add_argument("--by", required=True, metavar="NAME", help="moderator's name")
+    parser.add_argument("--note", default=None, metavar="TEXT")
+    _db_option(parser)
+    parser.set_defaults(handler=_decide)
+
+
+def _register_stats(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("stats", help="flags, decisions and observed precision per nightly run")
+    parser.add_argument("--since", type=parse_time, default=None, metavar="DATE",
+                        help="runs from this ISO date/time (UTC)")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    _db_option(parser)
+    parser.set_defaults(handler=_stats)
+
+
+def _register_labels(commands: argparse._SubParsersAction) -> None:
+    labels = commands.add_parser("labels", help="labels for retraining")
+    sub = labels.add_subparsers(dest="labels_command", metavar="ACTION", required=True)
+    load = sub.add_parser("import", help="upsert labels from a file with review_id and label columns",
+                          description="label: 1 or 'negative', 0 or 'positive'. Bad rows are reported "
+                                      "with their number; the rest load in one transaction.")
+    load.add_argument("file", type=Path, metavar="FILE", help=".parquet, .csv or .tsv")
+    _db_option(load)
+    load.set_defaults(handler=_labels_import)
+    ratings = sub.add_parser("from-ratings", help="weak labels from the stored star ratings")
+    ratings.add_argument("--scale", type=int, choices=[5, 10], default=10,
+                         help="rating scale: 10 (1-4 negative, 9-10 positive) or 5 (1-2, 4-5)")
+    _db_option(ratings)
+    ratings.set_defaults(handler=_labels_from_ratings)
+
+
+def _register_models(commands: argparse._SubParsersAction) -> None:
+    models = commands.add_parser("models", help="registered model versions")
+    sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    listing = sub.add_parser("list", help="versions, the active one marked, with test metrics")
+    listing.add_argument("--format", choices=["table", "json"], default="table")
+    _db_option(listing)
+    listing.set_defaults(handler=_models_list)
+    register_cmd = sub.add_parser("register", help="register a model directory")
+    register_cmd.add_argument("directory", type=Path, metavar="DIR")
+    register_cmd.add_argument("--activate", action="store_true", help="also make it the active model")
+    _db_option(register_cmd)
+    register_cmd.set_defaults(handler=_models_register)
+    activate = sub.add_parser("activate", help="make a registered version the only active model")
+    activate.add_argument("version", metavar="VERSION")
+    _db_option(activate)
+    activate.set_defaults(handler=_models_activate)
+
+
+# ---------------------------------------------------------------- handlers
+
+
+@contextmanager
+def _engine(args: argparse.Namespace) -> Iterator[Engine]:
+    from moderation import db
+
+    engine = db.make_engine(args.db)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _flagged(args: argparse.Namespace) -> int:
+    from moderation.moderators import flagged
+
+    if args.format == "parquet" and args.output is None:
+        raise InputDataError("--format parquet writes a file: give --output FILE")
+    with _engine(args) as engine:
+        rows = flagged(engine, status=args.status, since=args.since, until=args.until, min_score=args.min_score,
+                       product=args.product, limit=args.limit or None)
+    try:
+        if args.format == "parquet":
+            _write_parquet(rows, args.output)
+        else:
+            render = {"table": flagged_table, "csv": flagged_csv, "json": flagged_json}[args.format]
+            _emit(render(rows), args.output)
+    except OSError as exc:  # an unwritable --output is the user's to fix: one line, not a traceback
+        raise InputDataError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    if args.output is not None:
+        print(f"wrote {len(rows)} flagged reviews to {args.output} ({args.format})")
+    return 0
+
+
+def _decide(args: argparse.Namespace) -> int:
+    from moderation.moderators import decide
+
+    with _engine(args) as engine:
+        count = decide(engine, args.review_ids, args.decision, by=args.by, note=args.note)
+    print(f"{args.decision} {count} review{'s' if count != 1 else ''} by {args.by.strip()}: "
+          f"{', '.join(str(i) for i in sorted(set(args.review_ids)))}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from moderation.moderators import stats
+
+    with _engine(args) as engine:
+        result = stats(engine, since=args.since)
+    if args.format == "json":
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(stats_text(result))
+    return 0
+
+
+def _labels_import(args: argparse.Namespace) -> int:
+    from moderation.moderators import import_labels
+
+    with _engine(args) as engine:
+        report = import_labels(engine, args.file)
+    if report.rows_read and report.rejected == report.rows_read:
+        first = report.rejections[0]
+        raise InputDataError(f"no label in {args.file} could be imported ({report.rejected} rejected; "
+                             f"{report.unit} {first.line}: {first.reason})")
+    print(f"imported labels: {report.summary()}")
+    for rejection in report.rejections[:REJECTIONS_SHOWN]:
+        print(f"  rejected {report.unit} {rejection.line}: {rejection.reason}")
+    if report.rejected > REJECTIONS_SHOWN:
+        print(f"  ... and {report.rejected - REJECTIONS_SHOWN} more rejected")
+    return 0
+
+
+def _labels_from_ratings(args: argparse.Namespace) -> int:
+    from moderation.moderators import rating_labels
+
+    with _engine(args) as engine:
+        written = rating_labels(engine, scale=args.scale)
+    print(f"rating labels on the {args.scale}-point scale: {written} written or changed")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from moderation.moderators import list_models
+
+    with _engine(args) as engine:
+        models = list_models(engine)
+    if args.format == "json":
+        print(json.dumps(models, indent=2, ensure_ascii=False, default=_json_default))
+    elif not models:
+        print("no model registered: `moderation models register DIR`")
+    else:
+        print(models_table(models))
+    return 0
+
+
+def _models_register(args: argparse.Namespace) -> int:
+    from moderation import db
+    from moderation.moderators import require_tables
+    from moderation.pipeline import register_model
+
+    with _engine(args) as engine:
+        with db.translate_errors(engine), engine.connect() as conn:
+            require_tables(conn, db.model_versions)
+        card = register_model(engine, args.directory, activate=args.activate)
+    state = "active" if args.activate else "not active"
+    print(f"registered model {card.version} (threshold {card.threshold:.4f}, {state}) from {args.directory}")
+    return 0
+
+
+def _models_activate(args: argparse.Namespace) -> int:
+    from moderation.moderators import activate_model
+
+    with _engine(args) as engine:
+        model = activate_model(engine, args.version)
+    print(f"model {model['version']} is now the active model (threshold {model['threshold']:.4f})")
+    return 0
+
+
+# ---------------------------------------------------------------- output
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+FLAG_COLUMNS = ["review_id", "product_id", "score", "threshold", "status", "flagged_at", "model_version", "run_id",
+                "decided_by", "decided_at", "note", "rating", "created_at", "text"]
+
+
+def flagged_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(FLAG_COLUMNS)
+    for row in rows:
+        writer.writerow([_cell_text(row[c]) for c in FLAG_COLUMNS])
+    return buffer.getvalue()
+
+
+def flagged_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps([{c: row[c] for c in FLAG_COLUMNS} for row in rows], indent=2, ensure_ascii=False,
+                      default=_json_default)
+
+
+def _write_parquet(rows: list[dict[str, Any]], output: Path) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=FLAG_COLUMNS)
+    for column in ("flagged_at", "decided_at", "created_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    frame = frame.astype({"review_id": "int64", "product_id": "int64", "score": "float64", "threshold": "float64",
+                          "rating": "Int16"})
+    output.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(output, index=False)
+
+
+def flagged_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no flagged reviews match"
+    headers = ["review_id", "score", "status", "flagged_at (UTC)", "product", "text"]
+    cells = [[str(r["review_id"]), f"{r['score']:.4f}", r["status"], r["flagged_at"].strftime("%Y-%m-%d %H:%M"),
+              str(r["product_id"]), truncate(one_line(r["text"] or ""), TEXT_WIDTH)] for r in rows]
+    return render_table(headers, cells, right={0, 1, 4})
+
+
+def stats_text(result: dict[str, Any]) -> str:
+    overall = result["overall"]
+    lines = []
+    if result["runs"]:
+        headers = ["run_id", "night", "model", "scored", "flagged", "rate", "queued", "decided", "confirmed",
+                   "dismissed", "precision"]
+        cells = [[r["run_id"], r["interval_start"][:10], r["model_version"], str(r["reviews_scored"]),
+                  str(r["reviews_flagged"]), _percent(r["flag_rate"]), str(r["flagged"]), str(r["decided"]),
+                  str(r["confirmed"]), str(r["dismissed"]), _percent(r["precision"])] for r in result["runs"]]
+        lines += [render_table(headers, cells, right=set(range(3, 11))), ""]
+    else:
+        lines.append("no scoring runs" + (f" since {result['since']}" if result["since"] else ""))
+    runs = overall["runs"]
+    lines.append(f"overall: {runs} run{'s' if runs != 1 else ''}, {overall['reviews_scored']} reviews scored, "
+                 f"{overall['reviews_flagged']} flagged (rate {_percent(overall['flag_rate'])})")
+    lines.append(f"queue: {overall['flagged']} flagged, {overall['decided']} decided "
+                 f"({overall['confirmed']} confirmed, {overall['dismissed']} dismissed), {overall['pending']} pending; "
+                 f"observed precision {_percent(overall['precision'])}")
+    return "\n".join(lines)
+
+
+def models_table(models: list[dict[str, Any]]) -> str:
+    headers = ["", "version", "threshold", "created (UTC)", "bal_acc", "roc_auc", "path"]
+    cells = [["*" if m["active"] else "", m["version"], f"{m['threshold']:.4f}",
+              m["created"].strftime("%Y-%m-%d %H:%M"), _number(m["balanced_accuracy"]), _number(m["roc_auc"]),
+              m["path"]] for m in models]
+    return render_table(headers, cells, right={2, 4, 5}) + "\n(* = active)"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+# ---------------------------------------------------------------- display width
+
+
+def char_width(char: str) -> int:
+    """Terminal columns of one character: 2 for wide (Hangul, CJK, most emoji), 0 for combining marks."""
+    if unicodedata.combining(char) or unicodedata.category(char) in {"Mn", "Me", "Cf"}:
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in {"W", "F"} else 1
+
+
+def display_width(text: str) -> int:
+    return sum(char_width(c) for c in text)
+
+
+def one_line(text: str) -> str:
+    """NFC (decomposed Hangul jamo would be counted apart) and every control or line break as one space."""
+    text = unicodedata.normalize("NFC", text)
+    cleaned = "".join(" " if unicodedata.category(c) in {"Cc", "Zl", "Zp"} else c for c in text)
+    return " ".join(cleaned.split())
+
+
+def truncate(text: str, width: int) -> str:
+    """At most ``width`` display columns, an ellipsis marking a cut."""
+    if display_width(text) <= width:
+        return text
+    out, used = [], 0
+    for char in text:
+        size = char_width(char)
+        if used + size > width - display_width(ELLIPSIS):
+            break
+        out.append(char)
+        used += size
+    return "".join(out) + ELLIPSIS
+
+
+def pad(text: str, width: int, right: bool = False) -> str:
+    fill = " " * max(width - display_width(text), 0)
+    return fill + text if right else text + fill
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int] | None = None,
+                 sep: str = "  ") -> str:
+    """Columns padded by display width, so every line (header and rule included) is equally wide."""
+    right = right or set()
+    widths = [max([display_width(h)] + [display_width(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return sep.join(pad(cell, widths[i], i in right) for i, cell in enumerate(cells))
+
+    rule = sep.join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
