@@ -68,10 +68,13 @@ def snapshot_labels(db_url: str | None, out_dir: Path, params: RetrainingParams)
     model was registered: retraining on the same data again is pointless.
     """
     from moderation.data import fingerprint
-    from moderation.moderators import labelled_snapshot
+    from moderation.moderators import labelled_snapshot, rating_labels
 
     engine = db.make_engine(db_url)
     with db.translate_errors(engine):
+        if params.include_rating_labels:
+            refreshed = rating_labels(engine)  # weak labels follow the current ratings
+            log.info("rating labels refreshed: %d written or changed", refreshed)
         frame = labelled_snapshot(engine, include_rating=params.include_rating_labels)
         with engine.connect() as conn:
             since = conn.execute(

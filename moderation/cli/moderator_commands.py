@@ -178,8 +178,9 @@ def _decide(args: argparse.Namespace) -> int:
 
     with _engine(args) as engine:
         count = decide(engine, args.review_ids, args.decision, by=args.by, note=args.note)
-    print(f"{args.decision} {count} review{'s' if count != 1 else ''} by {args.by.strip()}: "
-          f"{', '.join(str(i) for i in sorted(set(args.review_ids)))}")
+    ids = sorted(set(args.review_ids))
+    shown = ", ".join(str(i) for i in ids[:10]) + (f", ... ({len(ids) - 10} more)" if len(ids) > 10 else "")
+    print(f"{args.decision} {count} review{'s' if count != 1 else ''} by {args.by.strip()}: {shown}")
     return 0
 
 

@@ -1,0 +1,495 @@
+"""The Docker deployment (Dockerfile, docker-compose.yml, docker/), checked without an engine.
+
+CI machines have no Docker daemon, so a broken compose file would otherwise
+only show on the day someone deploys. The file is parsed with PyYAML and its
+promises are checked one by one; ``docker compose config`` runs in addition
+when the compose plugin is installed. The set-up scripts are run for real
+where that needs no Airflow: their refusals, and the PostgreSQL init script
+against the test server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+INIT_SCRIPT = ROOT / "docker" / "airflow-init.sh"
+PG_INIT_SCRIPT = ROOT / "docker" / "postgres-init" / "10-databases.sh"
+
+ONE_SHOT = {"airflow-init"}
+LONG_RUNNING = {"postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                "airflow-triggerer", "broker", "airflow-worker"}
+CELERY_ONLY = {"broker", "airflow-worker"}
+AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                    "airflow-triggerer", "airflow-worker"}
+#: Secrets without which the stack must refuse to start (compose's ${VAR:?message}).
+REQUIRED_SECRETS = {"POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "REVIEWS_DB_PASSWORD", "REVIEWS_SCORER_PASSWORD",
+                    "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "_AIRFLOW_ADMIN_PASSWORD"}
+PLACEHOLDER = "change-me"
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|(?<![A-Z])KEY$")
+# ${NAME}, ${NAME:-default}, ${NAME:?message} and $NAME, but not $$ (an escaped dollar).
+COMPOSE_VAR = re.compile(r"(?<!\$)\$(?:\{([A-Za-z_][A-Za-z0-9_]*)|([A-Za-z_][A-Za-z0-9_]*))")
+URL_CREDENTIALS = re.compile(r"[a-z0-9+]+://([^/\s:@]*):([^@\s]*)@")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def compose_text() -> str:
+    return COMPOSE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def compose(compose_text: str) -> dict[str, Any]:
+    return yaml.safe_load(compose_text)
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def env_example() -> dict[str, str]:
+    """KEY=value lines of .env.example (quotes removed)."""
+    values = {}
+    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f".env.example: not KEY=value: {line!r}"
+            values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def compose_variables(text: str) -> set[str]:
+    """Every variable docker-compose.yml interpolates (comments included: they are read as documentation)."""
+    return {braced or bare for braced, bare in COMPOSE_VAR.findall(text)}
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def dependencies(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    deps = service.get("depends_on") or {}
+    assert isinstance(deps, dict), "depends_on must use the long form with a condition"
+    return deps
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = raw.strip()
+        if stripped.startswith("#") or not stripped:
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        logical.append(pending + stripped)
+        pending = ""
+    result = []
+    for line in logical:
+        instruction, _, args = line.partition(" ")
+        result.append((instruction.upper(), args.strip()))
+    return result
+
+
+def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    starts = [i for i, (ins, _) in enumerate(instructions) if ins == "FROM"]
+    return instructions[starts[-1]:]
+
+
+def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
+    env = {}
+    for ins, args in stage:
+        if ins == "ENV":
+            for key, value in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)", args):
+                env[key] = value
+    return env
+
+
+def required_by_script(path: Path) -> set[str]:
+    """Variables a script insists on: ``: "${X:?...}"`` lines and ``require X Y`` calls."""
+    text = path.read_text(encoding="utf-8")
+    names = set(re.findall(r':\s+"\$\{([A-Za-z_][A-Za-z0-9_]*):\?', text))
+    for call in re.findall(r"^\s*require(?:_url_safe)?((?:[ \t]+(?:\\\n\s*)?[A-Za-z_][A-Za-z0-9_]*)+)\s*$", text, re.M):
+        names.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", call))
+    return names
+
+
+# ----------------------------------------------------------------------------- services
+
+
+def test_the_required_services_exist(services: dict[str, Any]) -> None:
+    assert LONG_RUNNING | ONE_SHOT <= set(services), f"missing: {sorted(LONG_RUNNING | ONE_SHOT - set(services))}"
+
+
+def test_airflow_services_run_the_airflow_3_commands(services: dict[str, Any]) -> None:
+    commands = {name: services[name]["command"] for name in AIRFLOW_SERVICES}
+    assert commands["airflow-apiserver"] == ["airflow", "api-server"]
+    assert commands["airflow-scheduler"] == ["airflow", "scheduler"]
+    assert commands["airflow-dag-processor"] == ["airflow", "dag-processor"]
+    assert commands["airflow-triggerer"] == ["airflow", "triggerer"]
+    assert commands["airflow-worker"] == ["airflow", "celery", "worker"]
+    assert "airflow-init.sh" in " ".join(commands["airflow-init"])
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            continue
+        check = service.get("healthcheck") or {}
+        assert check.get("test") and not check.get("disable"), f"{name} has no health check"
+        assert check["test"][0] in {"CMD", "CMD-SHELL"}, f"{name}: health check must be CMD or CMD-SHELL"
+        assert service.get("restart") in {"unless-stopped", "always", "on-failure"}, f"{name} is not restarted"
+
+
+def test_one_shot_services_run_once(services: dict[str, Any]) -> None:
+    for name in ONE_SHOT:
+        assert services[name].get("restart") == "no", f"{name} must not restart after it finished"
+
+
+def test_dependencies_wait_for_health_or_completion(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for dep, spec in dependencies(service).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            expected = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
+            assert spec.get("condition") == expected, f"{name} -> {dep}: condition must be {expected}"
+    assert dependencies(services["airflow-init"]) == {"postgres": {"condition": "service_healthy"}}
+    for name in AIRFLOW_SERVICES - ONE_SHOT:
+        assert "airflow-init" in dependencies(services[name]), f"{name} must wait for airflow-init"
+        assert "postgres" in dependencies(services[name]), f"{name} must wait for postgres"
+    assert "broker" in dependencies(services["airflow-worker"])
+    # The scheduler waits for the broker only when the celery profile runs it.
+    assert dependencies(services["airflow-scheduler"])["broker"].get("required") is False
+
+
+def test_celery_is_a_profile_and_local_executor_the_default(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        profiles = service.get("profiles")
+        if name in CELERY_ONLY:
+            assert profiles == ["celery"], f"{name} belongs to the celery profile"
+        else:
+            assert not profiles, f"{name} must start without a profile"
+    for name in AIRFLOW_SERVICES:
+        assert environment(services[name])["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
+        assert "@broker:6379" in environment(services[name])["AIRFLOW__CELERY__BROKER_URL"]
+
+
+def test_all_airflow_services_share_one_image_built_from_the_dockerfile(services: dict[str, Any]) -> None:
+    images = {services[name].get("image") for name in AIRFLOW_SERVICES}
+    assert len(images) == 1 and None not in images
+    for name in AIRFLOW_SERVICES:
+        build = services[name].get("build") or {}
+        assert build.get("context") == ".", f"{name} must be built from the Dockerfile"
+
+
+# ----------------------------------------------------------------------------- volumes and ports
+
+
+def _mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of each volume entry."""
+    mounts = []
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, str):
+            parts = entry.split(":")
+            mounts.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+        else:
+            mounts.append((entry.get("source", ""), entry["target"], bool(entry.get("read_only"))))
+    return mounts
+
+
+def test_named_volumes_hold_postgres_data_and_run_files(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    named = set(compose.get("volumes") or {})
+    assert {"postgres-data", "moderation-var"} <= named
+    assert ("postgres-data", "/var/lib/postgresql/data", False) in _mounts(services["postgres"])
+    home = dockerfile_env(final_stage(dockerfile_instructions()))["MODERATION_HOME"]
+    for name in ("airflow-scheduler", "airflow-worker"):  # the services that run tasks
+        assert ("moderation-var", home, False) in _mounts(services[name]), f"{name} needs the run files at {home}"
+    for name, service in services.items():
+        for source, target, _ in _mounts(service):
+            if not source.startswith((".", "/", "~")):
+                assert source in named, f"{name}: volume {source} is not declared"
+
+
+def test_code_models_and_sql_come_from_the_image_not_the_host(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for source, target, read_only in _mounts(service):
+            if source.startswith((".", "/", "~")):  # a bind mount
+                assert name == "postgres" and target == "/docker-entrypoint-initdb.d" and read_only, (
+                    f"{name} mounts {source} from the host; the image must carry it")
+
+
+def test_every_published_port_listens_on_localhost_only(services: dict[str, Any]) -> None:
+    published = 0
+    for name, service in services.items():
+        for port in service.get("ports") or []:
+            published += 1
+            if isinstance(port, dict):
+                assert port.get("host_ip") == "127.0.0.1", f"{name}: {port}"
+            else:
+                assert str(port).startswith("127.0.0.1:"), f"{name}: port {port} is reachable from the network"
+        assert not service.get("network_mode") == "host", f"{name} uses the host network"
+    assert published, "the API server should be reachable on 127.0.0.1"
+
+
+# ----------------------------------------------------------------------------- variables and secrets
+
+
+def test_every_compose_variable_is_documented_in_env_example(compose_text: str) -> None:
+    used = compose_variables(compose_text)
+    documented = set(env_example())
+    assert not used - documented, f"add to .env.example: {sorted(used - documented)}"
+    assert not documented - used, f".env.example documents variables compose never reads: {sorted(documented - used)}"
+
+
+def test_env_example_holds_placeholders_not_secrets() -> None:
+    values = env_example()
+    for name in values:
+        if SECRET_NAME.search(name):
+            assert values[name] == PLACEHOLDER, f".env.example: {name} must be the placeholder {PLACEHOLDER!r}"
+    assert REQUIRED_SECRETS <= set(values)
+
+
+def test_required_secrets_stop_compose_when_missing(compose_text: str) -> None:
+    for name in REQUIRED_SECRETS:
+        uses = re.findall(r"\$\{" + re.escape(name) + r"(\}|:\?|:-|-|\?)", compose_text)
+        assert uses, f"{name} is not used"
+        assert set(uses) == {":?"}, f"{name} must always be ${{{name}:?message}}, never optional or defaulted"
+
+
+def test_no_literal_passwords_in_the_compose_file(compose_text: str, services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if SECRET_NAME.search(key) and not key.endswith("_FILE"):
+                assert re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:\?[^}]*|:-)?\}", value), (
+                    f"{name}: {key} must come from .env, not {value!r}")
+    # Secrets are never given a default value...
+    defaulted = re.findall(r"\$\{(\w*(?:PASSWORD|SECRET|KEY)\w*):?-[^}]+\}", compose_text)
+    assert not defaulted, f"secrets with a default value: {defaulted}"
+    # ...and every password inside a URL is a variable.
+    masked = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}", r"<\1>", compose_text)
+    for user, password in URL_CREDENTIALS.findall(masked):
+        assert re.fullmatch(r"<\w+>", password), f"literal password in a URL for user {user}"
+    for line in masked.splitlines():
+        match = re.match(r"\s*-?\s*([A-Za-z0-9_]*(?:PASSWORD|SECRET|FERNET|_KEY)[A-Za-z0-9_]*)\s*[:=]\s*(\S.*)$",
+                         line, re.I)
+        if match and not match.group(1).upper().endswith("_FILE"):
+            assert re.fullmatch(r"<\w+>", match.group(2).strip().strip("\"'")), f"literal secret: {line.strip()}"
+
+
+def test_dot_env_is_git_ignored() -> None:
+    if shutil.which("git") and (ROOT / ".git").exists():
+        result = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=ROOT, check=False)
+        assert result.returncode == 0, ".env must be git-ignored"
+        tracked = subprocess.run(["git", "ls-files", ".env"], cwd=ROOT, capture_output=True, text=True, check=True)
+        assert not tracked.stdout.strip(), ".env is committed"
+    else:
+        assert ".env" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+    dockerignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {".env", ".git", ".venv"} <= set(dockerignore), "secrets and local state must stay out of the image"
+
+
+def test_compose_config_validates_with_docker(tmp_path: Path) -> None:
+    """The real parser, when the compose plugin is installed (no engine needed)."""
+    docker = shutil.which("docker")
+    if not docker or subprocess.run([docker, "compose", "version"], capture_output=True, check=False).returncode:
+        pytest.skip("docker compose plugin is not installed")
+    good = tmp_path / "good.env"
+    good.write_text("".join(f"{k}=\"{'x' + uuid.uuid4().hex if v == PLACEHOLDER else v}\"\n"
+                            for k, v in env_example().items()), encoding="utf-8")
+    base = [docker, "compose", "--project-directory", str(ROOT), "-f", str(COMPOSE)]
+    for profile in ([], ["--profile", "celery"]):
+        result = subprocess.run([*base, "--env-file", str(good), *profile, "config", "-q"],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+    bad = tmp_path / "bad.env"
+    bad.write_text("".join(line for line in good.read_text().splitlines(keepends=True)
+                           if not line.startswith("_AIRFLOW_ADMIN_PASSWORD=")), encoding="utf-8")
+    result = subprocess.run([*base, "--env-file", str(bad), "config", "-q"], capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "_AIRFLOW_ADMIN_PASSWORD" in result.stderr
+
+
+# ----------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_builds_from_python_slim_with_the_lock_file() -> None:
+    instructions = dockerfile_instructions()
+    froms = [args.split()[0] for ins, args in instructions if ins == "FROM"]
+    assert froms and all(image == "python:3.11-slim" for image in froms), froms
+    copies = " ".join(args for ins, args in instructions if ins == "COPY")
+    assert "constraints.txt" in copies
+    installs = [args for ins, args in instructions
+                if ins == "RUN" and re.search(r"\b(uv pip|pip) install\b", args) and "-c constraints.txt" in args]
+    assert installs, "the project must be installed with -c constraints.txt"
+    assert any(re.search(r"-c constraints\.txt\s+\S*/src|-c constraints\.txt\s+\.", args) for args in installs), (
+        "the project itself must be installed under the constraints")
+
+
+def test_dockerfile_copies_dags_models_and_sql_into_the_runtime_image() -> None:
+    stage = final_stage(dockerfile_instructions())
+    copied = {}
+    for ins, args in stage:
+        if ins == "COPY" and "--from" not in args:
+            *sources, target = args.split()
+            for source in sources:
+                copied[source.rstrip("/")] = target.rstrip("/")
+    for folder in ("dags", "models", "sql"):
+        assert folder in copied, f"{folder}/ must be copied into the image"
+        assert (ROOT / folder).is_dir()
+    env = dockerfile_env(stage)
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == copied["dags"]
+    assert env["AIRFLOW_HOME"].startswith("/")
+    assert env["MODERATION_SQL_DIR"] == copied["sql"]
+    assert env["MODERATION_MODEL_DIR"].startswith(copied["models"] + "/")
+    shipped = Path(env["MODERATION_MODEL_DIR"]).relative_to(copied["models"])
+    assert (ROOT / "models" / shipped / "card.json").is_file(), "the default model must be the shipped one"
+
+
+def test_dockerfile_runs_as_a_non_root_user_with_the_cli() -> None:
+    stage = final_stage(dockerfile_instructions())
+    users = [args for ins, args in stage if ins == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}, "the image must not run as root"
+    runs_after_user = [args for ins, args in stage[[i for i, (ins, _) in enumerate(stage) if ins == "USER"][-1]:]
+                       if ins == "RUN"]
+    assert any("moderation --version" in args for args in runs_after_user), "the build must prove the CLI runs"
+
+
+# ----------------------------------------------------------------------------- set-up scripts
+
+
+def test_scripts_receive_every_variable_they_require(services: dict[str, Any]) -> None:
+    image_env = set(dockerfile_env(final_stage(dockerfile_instructions())))
+    pg_env = set(environment(services["postgres"])) | {"POSTGRES_USER"}
+    assert required_by_script(PG_INIT_SCRIPT) <= pg_env, required_by_script(PG_INIT_SCRIPT) - pg_env
+    init_env = set(environment(services["airflow-init"])) | image_env
+    needed = required_by_script(INIT_SCRIPT)
+    assert {"_AIRFLOW_ADMIN_PASSWORD", "MODERATION_DB_URL"} <= needed
+    assert needed <= init_env, f"airflow-init lacks {sorted(needed - init_env)}"
+
+
+def test_init_script_sets_up_airflow_the_reviews_db_and_the_model() -> None:
+    from moderation.airflow_support import REVIEWS_CONN_ID
+
+    text = INIT_SCRIPT.read_text(encoding="utf-8")
+    assert "airflow db migrate" in text
+    assert 'moderation db init --db "$MODERATION_DB_URL"' in text
+    assert 'moderation models register "$SHIPPED_MODEL" --activate --db "$MODERATION_DB_URL"' in text
+    assert "SHIPPED_MODEL=/opt/moderation/models/ko-char-lstm-v1" in text
+    assert f"REVIEWS_CONN_ID={REVIEWS_CONN_ID}" in text and 'airflow connections add "$REVIEWS_CONN_ID"' in text
+    assert "--conn-type postgres" in text
+    for script in (INIT_SCRIPT, PG_INIT_SCRIPT):
+        assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0, f"{script} is not valid bash"
+
+
+def _valid_init_env() -> dict[str, str]:
+    env = {k: ("x" + uuid.uuid4().hex if v == PLACEHOLDER else v) for k, v in env_example().items()}
+    env.update({
+        "PATH": "/nonexistent",  # the checks come first: nothing may be executed if they fail
+        "AIRFLOW__CORE__FERNET_KEY": env["AIRFLOW_FERNET_KEY"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": env["AIRFLOW_JWT_SECRET"],
+        "AIRFLOW__API__SECRET_KEY": env["AIRFLOW_API_SECRET_KEY"],
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": "/nonexistent/passwords.json",
+        "MODERATION_DB_URL": "postgresql://reviews:x@postgres:5432/reviews",
+    })
+    return env
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"_AIRFLOW_ADMIN_PASSWORD": ""}, "_AIRFLOW_ADMIN_PASSWORD is empty"),
+    ({"_AIRFLOW_ADMIN_PASSWORD": PLACEHOLDER}, "_AIRFLOW_ADMIN_PASSWORD still holds the placeholder"),
+    ({"AIRFLOW__CORE__FERNET_KEY": PLACEHOLDER}, "AIRFLOW__CORE__FERNET_KEY still holds the placeholder"),
+    ({"REVIEWS_DB_PASSWORD": "p@ss/word"}, "REVIEWS_DB_PASSWORD may only contain"),
+    ({"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "CELERY_BROKER_PASSWORD": PLACEHOLDER},
+     "CELERY_BROKER_PASSWORD still holds the placeholder"),
+])
+def test_init_script_refuses_missing_or_placeholder_secrets(change: dict[str, str], message: str) -> None:
+    bash = shutil.which("bash")
+    assert bash
+    env = _valid_init_env() | change
+    result = subprocess.run([bash, str(INIT_SCRIPT)], env=env, capture_output=True, text=True, check=False, timeout=30)
+    assert result.returncode == 1
+    assert message in result.stderr, result.stderr
+    assert "migrating" not in result.stdout
+
+
+def test_init_script_accepts_real_values() -> None:
+    """The same environment with real values passes every check and reaches ``airflow db migrate``."""
+    bash = shutil.which("bash")
+    assert bash
+    result = subprocess.run([bash, str(INIT_SCRIPT)], env=_valid_init_env(), capture_output=True, text=True,
+                            check=False, timeout=30)
+    assert "migrating the Airflow metadata database" in result.stdout, result.stderr
+    assert result.returncode == 127 and "airflow: command not found" in result.stderr  # PATH has no airflow
+
+
+@pytest.mark.postgres
+def test_postgres_init_script_creates_both_databases_and_a_scorer_login(pg_url: str) -> None:
+    """The real script against the test server, with unique names dropped afterwards.
+
+    Also proves the reviews owner needs no CREATEROLE: ``moderation db init``
+    applies sql/ (roles included) as that owner.
+    """
+    if not shutil.which("psql"):
+        pytest.skip("psql is not installed")
+    from sqlalchemy import create_engine, make_url, text
+
+    from moderation import db, sql_files
+
+    admin_url = make_url(pg_url)  # a fresh database, reached as the server's admin user
+    suffix = uuid.uuid4().hex[:10]
+    names = {"AIRFLOW_DB_NAME": f"deploy_af_{suffix}", "AIRFLOW_DB_USER": f"deploy_af_{suffix}",
+             "REVIEWS_DB_NAME": f"deploy_rv_{suffix}", "REVIEWS_DB_USER": f"deploy_rv_{suffix}",
+             "REVIEWS_SCORER_USER": f"deploy_sc_{suffix}"}
+    secrets = {"AIRFLOW_DB_PASSWORD": "it's \"quoted\"", "REVIEWS_DB_PASSWORD": uuid.uuid4().hex,
+               "REVIEWS_SCORER_PASSWORD": uuid.uuid4().hex}
+    env = {"PATH": os.environ.get("PATH", ""), "PGHOST": admin_url.host or "127.0.0.1",
+           "PGPORT": str(admin_url.port or 5432), "POSTGRES_USER": admin_url.username or "postgres",
+           **({"PGPASSWORD": admin_url.password} if admin_url.password else {}), **names, **secrets}
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        result = subprocess.run(["bash", str(PG_INIT_SCRIPT)], env=env, capture_output=True, text=True,
+                                check=False, timeout=60)
+        assert result.returncode == 0, result.stderr
+        owner_url = admin_url.set(username=names["REVIEWS_DB_USER"], password=secrets["REVIEWS_DB_PASSWORD"],
+                                  database=names["REVIEWS_DB_NAME"])
+        owner = db.make_engine(owner_url.render_as_string(hide_password=False))
+        sql_files.apply_sql(owner)
+        owner.dispose()
+        scorer = create_engine(owner_url.set(username=names["REVIEWS_SCORER_USER"],
+                                             password=secrets["REVIEWS_SCORER_PASSWORD"]))
+        with scorer.connect() as conn:
+            assert conn.execute(text("SELECT pg_has_role('scorer', 'MEMBER')")).scalar() is True
+            assert conn.execute(text("SELECT count(*) FROM reviews")).scalar() == 0
+        scorer.dispose()
+        with admin.connect() as conn:
+            owners = dict(conn.execute(text(
+                "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
+                "WHERE d.datname IN (:a, :r)"), {"a": names["AIRFLOW_DB_NAME"], "r": names["REVIEWS_DB_NAME"]}).all())
+        assert owners == {names["AIRFLOW_DB_NAME"]: names["AIRFLOW_DB_USER"],
+                          names["REVIEWS_DB_NAME"]: names["REVIEWS_DB_USER"]}
+    finally:
+        with admin.connect() as conn:
+            for database in (names["AIRFLOW_DB_NAME"], names["REVIEWS_DB_NAME"]):
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            for role in (names["REVIEWS_SCORER_USER"], names["REVIEWS_DB_USER"], names["AIRFLOW_DB_USER"]):
+                conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()
