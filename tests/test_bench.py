@@ -1,0 +1,78 @@
+"""The benchmark runs end to end and checks what it measures; its timings are never asserted.
+
+Figures depend on the machine and on whatever else runs on it, so these tests
+only check that every section is produced, that the seeds' way and the Scorer
+agree, and that each nightly run read every review it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moderation import bench
+
+PG_ADMIN_URL = os.environ.get("MODERATION_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_section(tiny_model_dir: Path, sample_path: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    pg = ["--no-pg"] if os.environ.get("MODERATION_SKIP_PG") == "1" else ["--pg-url", PG_ADMIN_URL]
+    # Scaling at the pipeline's size only: it reuses that run, saving one TensorFlow start (~10 s).
+    code = bench.main(["--quick", "--model", str(tiny_model_dir), "--corpus", str(sample_path),
+                       "--sizes", "400", "--scaling-sizes", "400", "--out", str(out), *pg])
+    assert code == 0
+    results = json.loads(out.read_text(encoding="utf-8"))
+    assert {"machine", "settings", "model", "pipeline", "scaling", "training"} <= results.keys()
+    assert "error" not in results
+    assert results["machine"]["cpu_count"] and results["machine"]["python"]
+
+    model = results["model"]
+    assert model["agreement"]["passed"] is True
+    assert model["agreement"]["rows_compared"] > 0
+    assert {r["batch_size"] for r in model["scorer"]} == {256, 512, 1024, 2048}
+    assert model["best_scorer"] in model["scorer"]
+
+    kinds = {"sqlite"} if pg == ["--no-pg"] else {"sqlite", "postgresql"}
+    assert {r["db"] for r in results["pipeline"]} == kinds
+    for run in results["pipeline"]:
+        assert run["reviews_read"] == run["reviews"]
+        assert 0 < run["reviews_scored"] <= run["reviews"]
+        assert sum(c["rows"] for c in run["chunks"]) == run["reviews"]
+        assert run["peak_rss_mb"] > 0
+    assert [r["reviews"] for r in results["scaling"]["rows"]] == results["settings"]["scaling_sizes"]
+
+    variants = results["training"]["variants"]
+    assert [v["recipe"] for v in variants] == ["bucketed (project)", "fixed 100 (seeds)"]
+    assert all(0.0 <= v["val_accuracy"] <= 1.0 for v in variants)
+    assert variants[1]["mean_padded_width"] == bench.SEED_MAX_LEN
+
+    printed = capsys.readouterr().out
+    for title in ("1. Model-only throughput", "2. Nightly pipeline", "3. Scaling", "4. Training"):
+        assert title in printed
+
+
+def test_disagreeing_scores_fail_loudly() -> None:
+    lengths = np.array([10, 50, 120, 0])
+    seeds = np.array([0.1, 0.2, 0.3, 0.4])
+    ours = np.array([0.1, 0.2 + 1e-3, 0.9, np.nan])  # row 2 is longer than 100: not compared
+    agreement = bench.check_agreement(lengths, seeds, {256: ours})
+    assert agreement["rows_compared"] == 2 and agreement["rows_longer_than_100"] == 1
+    assert agreement["passed"] is False
+    with pytest.raises(bench.BenchError, match="disagree"):
+        bench._require_agreement(agreement)
+    assert bench.check_agreement(lengths, seeds, {256: seeds.copy()})["passed"] is True
+
+
+def test_samples_beyond_the_corpus_get_new_unique_ids(sample_path: Path) -> None:
+    frame = bench.load_corpus(sample_path)
+    same = bench.sample_corpus(frame, 100)
+    assert same.equals(bench.sample_corpus(frame, 100))  # fixed: every section sees the same rows
+    big = bench.sample_corpus(frame, len(frame) + 500)
+    assert big["review_id"].is_unique and len(big) == len(frame) + 500
