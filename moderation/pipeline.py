@@ -67,8 +67,6 @@ def run_dir(run_id: str, base: Path | None = None) -> Path:
 
 def active_model(engine: Engine, threshold: float | None = None) -> ModelChoice:
     """The active row of ``model_versions``, else the shipped model (registered then)."""
-    from moderation.model import verify_bundle
-
     with db.translate_errors(engine), engine.connect() as conn:
         row = conn.execute(
             select(db.model_versions.c.version, db.model_versions.c.path, db.model_versions.c.threshold)
@@ -77,15 +75,13 @@ def active_model(engine: Engine, threshold: float | None = None) -> ModelChoice:
     if row is None:
         card = register_model(engine, config.default_model_dir(), activate=True)
         row = (card.version, str(config.default_model_dir()), card.threshold)
-    verify_bundle(Path(row[1]))  # fail before any work if the model is broken
+    _verify_model(Path(row[1]))  # fail before any work if the model is broken
     return ModelChoice(version=row[0], path=row[1], threshold=float(threshold if threshold is not None else row[2]))
 
 
 def register_model(engine: Engine, directory: Path, activate: bool = False) -> Any:
     """Insert or refresh a model version from its card; optionally make it the only active one."""
-    from moderation.model import verify_bundle
-
-    card = verify_bundle(directory)
+    card = _verify_model(directory)
     now = datetime.now(timezone.utc)
     values = {
         "version": card.version,
@@ -105,6 +101,35 @@ def register_model(engine: Engine, directory: Path, activate: bool = False) -> A
     return card
 
 
+def _verify_model(directory: Path) -> Any:
+    """:func:`~moderation.model.verify_bundle`, plus the card's ``vocab_size`` against the vocabulary.
+
+    Both are cheap (no Keras), so a model whose card disagrees with its vocabulary
+    fails here, in ``plan``, instead of in every scoring task after the plan
+    registered it.
+    """
+    from moderation.model import CARD_FILE, VOCAB_FILE, verify_bundle
+    from moderation.vocab import CharVocab
+
+    card = verify_bundle(directory)
+    vocab = CharVocab.load(Path(directory) / VOCAB_FILE)
+    if vocab.size != card.vocab_size:
+        raise ModelBundleError(f"vocabulary {Path(directory) / VOCAB_FILE} has {vocab.size} ids but the card "
+                               f"{Path(directory) / CARD_FILE} says {card.vocab_size}")
+    return card
+
+
+def _engine(db_url: str | None) -> Engine:
+    """:func:`db.make_engine`, with an SQLite folder that cannot be created reported as a DatabaseError."""
+    try:
+        return db.make_engine(db_url)
+    except OSError as exc:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(db.resolve_db_url(db_url)).render_as_string(hide_password=True)
+        raise DatabaseError(f"database {url} is unavailable: {exc.strerror or exc}: {exc.filename}") from exc
+
+
 def _interval_filter(start: datetime, end: datetime) -> Any:
     return and_(db.reviews.c.ingested_at >= start, db.reviews.c.ingested_at < end)
 
@@ -114,7 +139,7 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
     """Choose the model and cut the interval into review-id chunks of ~``chunk_size`` rows."""
     if end <= start:
         raise ValueError(f"interval end {end} is not after its start {start}")
-    engine = db.make_engine(db_url)
+    engine = _engine(db_url)
     model = active_model(engine, threshold)
     numbered = (
         select(db.reviews.c.review_id, func.row_number().over(order_by=db.reviews.c.review_id).label("n"))
@@ -153,7 +178,7 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
     condition = and_(_interval_filter(start, end), db.reviews.c.review_id >= chunk["low_id"])
     if chunk["high_id"] is not None:
         condition = and_(condition, db.reviews.c.review_id < chunk["high_id"])
-    engine = db.make_engine(db_url)
+    engine = _engine(db_url)
     with db.translate_errors(engine), engine.connect() as conn:
         rows = conn.execute(
             select(db.reviews.c.review_id, db.reviews.c.text).where(condition).order_by(db.reviews.c.review_id)
@@ -191,7 +216,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
     got = {r["index"] for r in chunk_results}
     if expected != got:
         raise DatabaseError(f"run {plan.run_id}: chunk results {sorted(got)} do not match the plan {sorted(expected)}")
-    engine = db.make_engine(db_url)
+    engine = _engine(db_url)
     now = datetime.now(timezone.utc)
     model = plan.model
     read = scored = flagged_new = flagged = 0
