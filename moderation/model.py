@@ -142,7 +142,7 @@ def read_card(directory: Path) -> ModelCard:
 
 
 def verify_bundle(directory: Path) -> ModelCard:
-    """Check every part is present, unmodified and consistent, without loading Keras."""
+    """Check every part is present, unmodified and consistent (vocabulary size too), without loading Keras."""
     directory = Path(directory)
     card = read_card(directory)
     for name in (MODEL_FILE, VOCAB_FILE):
@@ -152,6 +152,12 @@ def verify_bundle(directory: Path) -> ModelCard:
         expected = card.files.get(name)
         if expected and sha256_of(part) != expected:
             raise ModelBundleError(f"model file does not match its card (corrupt or replaced): {part}")
+    vocab = CharVocab.load(directory / VOCAB_FILE)
+    if vocab.size != card.vocab_size:
+        raise ModelBundleError(
+            f"vocabulary {directory / VOCAB_FILE} has {vocab.size} ids but the card {directory / CARD_FILE} "
+            f"says {card.vocab_size}"
+        )
     if card.cleaning_version != CLEANING_VERSION:
         raise ModelBundleError(
             f"model {card.version} was trained with cleaning {card.cleaning_version}, "
@@ -165,10 +171,6 @@ def load_bundle(directory: Path | str) -> ModelBundle:
     directory = Path(directory)
     card = verify_bundle(directory)
     vocab = CharVocab.load(directory / VOCAB_FILE)
-    if vocab.size != card.vocab_size:
-        raise ModelBundleError(
-            f"vocabulary {directory / VOCAB_FILE} has {vocab.size} ids but the card says {card.vocab_size}"
-        )
     import keras
 
     try:

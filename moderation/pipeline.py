@@ -102,21 +102,10 @@ def register_model(engine: Engine, directory: Path, activate: bool = False) -> A
 
 
 def _verify_model(directory: Path) -> Any:
-    """:func:`~moderation.model.verify_bundle`, plus the card's ``vocab_size`` against the vocabulary.
+    """:func:`~moderation.model.verify_bundle`: cheap (no Keras), so a broken model fails in ``plan``."""
+    from moderation.model import verify_bundle
 
-    Both are cheap (no Keras), so a model whose card disagrees with its vocabulary
-    fails here, in ``plan``, instead of in every scoring task after the plan
-    registered it.
-    """
-    from moderation.model import CARD_FILE, VOCAB_FILE, verify_bundle
-    from moderation.vocab import CharVocab
-
-    card = verify_bundle(directory)
-    vocab = CharVocab.load(Path(directory) / VOCAB_FILE)
-    if vocab.size != card.vocab_size:
-        raise ModelBundleError(f"vocabulary {Path(directory) / VOCAB_FILE} has {vocab.size} ids but the card "
-                               f"{Path(directory) / CARD_FILE} says {card.vocab_size}")
-    return card
+    return verify_bundle(directory)
 
 
 def _engine(db_url: str | None) -> Engine:
