@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
+from moderation.cli.options import db_option, int_at_least, parse_time
 from moderation.errors import InputDataError
 
 #: Rejected lines ``reviews import`` names; the count covers them all.
@@ -17,7 +17,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     db = commands.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     init = db_sub.add_parser("init", help="create the schema (idempotent)")
-    _db_option(init)
+    db_option(init)
     init.set_defaults(handler=_db_init)
 
     reviews = commands.add_parser("reviews", help="load reviews into the database")
@@ -27,43 +27,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Upsert reviews on review_id: importing a file again changes nothing. Broken rows are "
                     "reported with their line number and skipped; the rest load in one transaction.")
     load.add_argument("file", type=Path, metavar="FILE", help=".parquet, .csv, .tsv or .txt")
-    _db_option(load)
-    load.add_argument("--spread-days", type=_positive_int, default=None, metavar="N",
+    db_option(load)
+    load.add_argument("--spread-days", type=int_at_least(1), default=None, metavar="N",
                       help="spread ingested_at over the last N days (demo history) instead of now")
     load.set_defaults(handler=_reviews_import)
 
     score = commands.add_parser("score", help="score the reviews ingested in [start, end) and publish flags")
-    _db_option(score)
+    db_option(score)
     score.add_argument("--start", required=True, type=parse_time, help="interval start, ISO date or time (UTC)")
     score.add_argument("--end", required=True, type=parse_time, help="interval end, exclusive")
     score.add_argument("--chunk-size", type=int, default=50_000)
     score.add_argument("--threshold", type=float, default=None, help="override the active model's threshold")
     score.add_argument("--run-id", default=None)
     score.set_defaults(handler=_score)
-
-
-def _db_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=None, metavar="URL",
-                        help="database URL (default: $MODERATION_DB_URL, else the embedded SQLite file)")
-
-
-def parse_time(value: str) -> datetime:
-    """ISO date or date-time; naive values are taken as UTC."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
 
 
 def _db_init(args: argparse.Namespace) -> int:

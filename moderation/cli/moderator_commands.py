@@ -14,13 +14,14 @@ import json
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
 from moderation.errors import InputDataError
+from moderation.cli.options import db_option, int_at_least, parse_time
 
 FORMATS = ("table", "csv", "json", "parquet")
 #: Display columns of the text in ``flagged``'s table (a Hangul syllable takes 2).
@@ -41,30 +42,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- parsers
 
 
-def _db_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=None, metavar="URL",
-                        help="database URL (default: $MODERATION_DB_URL, else the embedded SQLite file)")
-
-
-def parse_time(value: str) -> datetime:
-    """ISO date or date-time; naive values are taken as UTC."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date or time: {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {number}")
-    return number
-
-
 def _register_flagged(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("flagged", help="list flagged reviews, newest first")
     parser.add_argument("--status", choices=["pending", "confirmed", "dismissed"], default=None,
@@ -74,10 +51,10 @@ def _register_flagged(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--until", type=parse_time, default=None, metavar="DATE", help="flagged before (exclusive)")
     parser.add_argument("--min-score", type=float, default=None, metavar="X", help="only scores >= X")
     parser.add_argument("--product", type=int, default=None, metavar="ID")
-    parser.add_argument("--limit", type=_non_negative_int, default=50, metavar="N", help="at most N rows (0: all)")
+    parser.add_argument("--limit", type=int_at_least(0), default=50, metavar="N", help="at most N rows (0: all)")
     parser.add_argument("--format", choices=FORMATS, default="table")
     parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
-    _db_option(parser)
+    db_option(parser)
     parser.set_defaults(handler=_flagged)
 
 
@@ -91,7 +68,7 @@ def _register_decide(commands: argparse._SubParsersAction) -> None:
                         help="the review is not negative: the flag was wrong")
     parser.add_argument("--by", required=True, metavar="NAME", help="moderator's name")
     parser.add_argument("--note", default=None, metavar="TEXT")
-    _db_option(parser)
+    db_option(parser)
     parser.set_defaults(handler=_decide)
 
 
@@ -100,7 +77,7 @@ def _register_stats(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--since", type=parse_time, default=None, metavar="DATE",
                         help="runs from this ISO date/time (UTC)")
     parser.add_argument("--format", choices=["table", "json"], default="table")
-    _db_option(parser)
+    db_option(parser)
     parser.set_defaults(handler=_stats)
 
 
@@ -111,12 +88,12 @@ def _register_labels(commands: argparse._SubParsersAction) -> None:
                           description="label: 1 or 'negative', 0 or 'positive'. Bad rows are reported "
                                       "with their number; the rest load in one transaction.")
     load.add_argument("file", type=Path, metavar="FILE", help=".parquet, .csv or .tsv")
-    _db_option(load)
+    db_option(load)
     load.set_defaults(handler=_labels_import)
     ratings = sub.add_parser("from-ratings", help="weak labels from the stored star ratings")
     ratings.add_argument("--scale", type=int, choices=[5, 10], default=10,
                          help="rating scale: 10 (1-4 negative, 9-10 positive) or 5 (1-2, 4-5)")
-    _db_option(ratings)
+    db_option(ratings)
     ratings.set_defaults(handler=_labels_from_ratings)
 
 
@@ -125,16 +102,16 @@ def _register_models(commands: argparse._SubParsersAction) -> None:
     sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     listing = sub.add_parser("list", help="versions, the active one marked, with test metrics")
     listing.add_argument("--format", choices=["table", "json"], default="table")
-    _db_option(listing)
+    db_option(listing)
     listing.set_defaults(handler=_models_list)
     register_cmd = sub.add_parser("register", help="register a model directory")
     register_cmd.add_argument("directory", type=Path, metavar="DIR")
     register_cmd.add_argument("--activate", action="store_true", help="also make it the active model")
-    _db_option(register_cmd)
+    db_option(register_cmd)
     register_cmd.set_defaults(handler=_models_register)
     activate = sub.add_parser("activate", help="make a registered version the only active model")
     activate.add_argument("version", metavar="VERSION")
-    _db_option(activate)
+    db_option(activate)
     activate.set_defaults(handler=_models_activate)
 
 
