@@ -6,7 +6,7 @@
 # from. Dependencies come from the committed lock file, constraints.txt.
 #
 #   docker build -t review-moderation:local .
-#   docker build --build-arg PROJECT_EXTRAS=celery .   # needs a `celery` extra in pyproject.toml
+#   docker build --build-arg PROJECT_EXTRAS=celery .
 
 ############################ build: a virtualenv from the lock ############################
 FROM python:3.11-slim AS build
