@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-CLEANING_VERSION = "ko-clean-2"
+CLEANING_VERSION = "ko-clean-3"
 
 KEPT_PUNCTUATION = "!?.,~^;"
 
@@ -55,7 +55,6 @@ def clean_texts(texts: Iterable[str | None] | pd.Series | pa.Array) -> pd.Series
     """
     array = _as_string_array(texts)
     array = pc.utf8_normalize(array, form="NFC")
-    array = pc.replace_substring_regex(array, _URL, " ")
     array = pc.utf8_lower(array)
     # Zero-width and direction marks sit inside words: delete, do not split.
     array = pc.replace_substring_regex(array, r"\p{Cf}", "")
@@ -64,6 +63,8 @@ def clean_texts(texts: Iterable[str | None] | pd.Series | pa.Array) -> pd.Series
             [None if s is None else s.translate(_FULLWIDTH) for s in array.to_pylist()],
             type=pa.large_string(),
         )
+    # URLs last among the rewrites: "ｗｗｗ．x" and "www\u200b.x" are URLs too.
+    array = pc.replace_substring_regex(array, _URL, " ")
     array = pc.replace_substring_regex(array, _DROP, " ")
     array = pc.replace_substring_regex(array, " {2,}", " ")
     array = pc.utf8_trim_whitespace(array)
