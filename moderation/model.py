@@ -143,7 +143,11 @@ def read_card(directory: Path) -> ModelCard:
 
 def verify_bundle(directory: Path) -> ModelCard:
     """Check every part is present, unmodified and consistent (vocabulary size too), without loading Keras."""
-    directory = Path(directory)
+    return _verified_parts(Path(directory))[0]
+
+
+def _verified_parts(directory: Path) -> tuple[ModelCard, CharVocab]:
+    """The card and vocabulary of a bundle whose parts passed every check."""
     card = read_card(directory)
     for name in (MODEL_FILE, VOCAB_FILE):
         part = directory / name
@@ -163,14 +167,13 @@ def verify_bundle(directory: Path) -> ModelCard:
             f"model {card.version} was trained with cleaning {card.cleaning_version}, "
             f"this code cleans with {CLEANING_VERSION}: retrain or use a matching release"
         )
-    return card
+    return card, vocab
 
 
 def load_bundle(directory: Path | str) -> ModelBundle:
     """Load a model directory, refusing one whose parts are missing or disagree."""
     directory = Path(directory)
-    card = verify_bundle(directory)
-    vocab = CharVocab.load(directory / VOCAB_FILE)
+    card, vocab = _verified_parts(directory)
     import keras
 
     try:

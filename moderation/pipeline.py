@@ -30,7 +30,8 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, select, text
 
 from moderation import config, db
-from moderation.errors import DatabaseError, ModelBundleError
+from moderation.errors import DatabaseError
+from moderation.model import verify_bundle
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,13 @@ def active_model(engine: Engine, threshold: float | None = None) -> ModelChoice:
     if row is None:
         card = register_model(engine, config.default_model_dir(), activate=True)
         row = (card.version, str(config.default_model_dir()), card.threshold)
-    _verify_model(Path(row[1]))  # fail before any work if the model is broken
+    verify_bundle(Path(row[1]))  # fail before any work if the model is broken
     return ModelChoice(version=row[0], path=row[1], threshold=float(threshold if threshold is not None else row[2]))
 
 
 def register_model(engine: Engine, directory: Path, activate: bool = False) -> Any:
     """Insert or refresh a model version from its card; optionally make it the only active one."""
-    card = _verify_model(directory)
+    card = verify_bundle(directory)
     now = datetime.now(timezone.utc)
     values = {
         "version": card.version,
@@ -99,13 +100,6 @@ def register_model(engine: Engine, directory: Path, activate: bool = False) -> A
         if activate:
             conn.execute(db.model_versions.update().values(is_active=db.model_versions.c.version == card.version))
     return card
-
-
-def _verify_model(directory: Path) -> Any:
-    """:func:`~moderation.model.verify_bundle`: cheap (no Keras), so a broken model fails in ``plan``."""
-    from moderation.model import verify_bundle
-
-    return verify_bundle(directory)
 
 
 def _engine(db_url: str | None) -> Engine:
@@ -360,10 +354,7 @@ def run_nightly(db_url: str | None, start: datetime, end: datetime, run_id: str 
     out_dir = work_dir or run_dir(run_id)
     results = []
     if plan.chunks:
-        try:
-            scorer = Scorer(load_bundle(plan.model.path), threshold=plan.model.threshold)
-        except ModelBundleError:
-            raise
+        scorer = Scorer(load_bundle(plan.model.path), threshold=plan.model.threshold)
         for chunk in plan.chunks:
             results.append(score_chunk(db_url, chunk, plan.model.path, out_dir, scorer=scorer))
     return publish(db_url, plan, results)

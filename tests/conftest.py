@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,6 +78,17 @@ def any_db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def engine(any_db_url: str) -> Iterator[Any]:
+    """An engine on a fresh schema, once per database kind (see ``any_db_url``)."""
+    from moderation import db
+
+    engine = db.make_engine(any_db_url)
+    db.init_schema(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,14 +13,6 @@ from moderation import db
 from moderation.cli import main
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def engine(any_db_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(any_db_url)
-    db.init_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def _review(conn: Any, review_id: int = 1) -> None:

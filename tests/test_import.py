@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,6 @@ from moderation.errors import DatabaseError, InputDataError
 from moderation.importing import GENERATED_ID_BASE, STARS_TO_TEN, generated_review_id, import_reviews
 
 NOW = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def engine(any_db_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(any_db_url)
-    db.init_schema(engine)
-    yield engine
-    engine.dispose()
 
 
 def stored(engine: Engine) -> dict[int, dict[str, Any]]:
