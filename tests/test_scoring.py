@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +13,7 @@ import pandas as pd
 import pytest
 
 from moderation.model import load_bundle
-from moderation.scoring import Scorer, prefix_trace, seed_style_predict
+from moderation.scoring import WORKERS_ENV, Scorer, default_workers, prefix_trace, seed_style_predict
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +33,58 @@ def test_scores_do_not_depend_on_batch_composition(bundle, sample_path: Path) ->
     assert np.allclose(whole, unshuffled, atol=1e-5, equal_nan=True)
     single = Scorer(bundle).score_texts([texts.iloc[3]]).score[0]
     assert abs(single - whole[3]) < 1e-5
+
+
+def test_batches_scored_side_by_side_give_the_same_scores(bundle, sample_path: Path) -> None:  # type: ignore[no-untyped-def]
+    texts = pd.read_parquet(sample_path)["text"].head(2000)
+    alone = Scorer(bundle, batch_size=64, workers=1).score_texts(texts)
+    side_by_side = Scorer(bundle, batch_size=64, workers=3).score_texts(texts)
+    np.testing.assert_array_equal(alone.score, side_by_side.score)
+    np.testing.assert_array_equal(alone.flagged, side_by_side.flagged)
+
+
+def test_a_failing_batch_fails_the_call(bundle, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    scorer = Scorer(bundle, batch_size=2, workers=2)
+    calls = []
+
+    def broken(batch: np.ndarray) -> np.ndarray:  # injected fault: the third batch fails
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise RuntimeError("injected batch failure")
+        return np.zeros(len(batch))
+
+    monkeypatch.setattr(scorer, "_predict", broken)
+    with pytest.raises(RuntimeError, match="injected batch failure"):
+        scorer.score_texts(["좋아요", "별로", "최고", "환불", "그냥 그래요", "배송 빨라요"])
+
+
+def test_workers_default_to_the_usable_cpus_and_obey_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert default_workers() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert default_workers() == 3
+    for bad in ("zero", "0"):
+        monkeypatch.setenv(WORKERS_ENV, bad)
+        with pytest.raises(ValueError, match=WORKERS_ENV):
+            default_workers()
+
+
+@pytest.mark.slow
+def test_a_fresh_process_scores_with_one_thread_per_operation(tiny_model_dir: Path) -> None:
+    """load_scorer sets TensorFlow's threading before the model starts it."""
+    code = (
+        "import json, sys, tensorflow as tf\n"
+        "from moderation.scoring import load_scorer\n"
+        "scorer = load_scorer(sys.argv[1], workers=3)\n"
+        "scores = scorer.score_texts(['좋아요', '최악이에요']).score\n"
+        "print(json.dumps({'intra': tf.config.threading.get_intra_op_parallelism_threads(),\n"
+        "                  'inter': tf.config.threading.get_inter_op_parallelism_threads(),\n"
+        "                  'workers': scorer.workers, 'scored': int((scores == scores).sum())}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir)], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"intra": 1, "inter": 3, "workers": 3, "scored": 2}
 
 
 def test_bucketed_scores_match_fixed_padding(bundle) -> None:  # type: ignore[no-untyped-def]

@@ -63,15 +63,15 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from moderation.data import balance_classes, load_labelled
-    from moderation.model import load_bundle
-    from moderation.scoring import Scorer
+    from moderation.scoring import load_scorer
     from moderation.training import evaluate_frame
 
     frame = load_labelled(args.data)
     if args.balanced:
         frame = balance_classes(frame)
-    bundle = load_bundle(_model_dir(args.model))
-    result = evaluate_frame(Scorer(bundle), frame)
+    scorer = load_scorer(_model_dir(args.model))
+    bundle = scorer.bundle
+    result = evaluate_frame(scorer, frame)
     print(f"model {bundle.version} on {args.data} ({len(frame)} labelled rows, threshold {bundle.threshold:.4f})")
     for key, value in result.items():
         print(f"  {key:20s} {value}")
@@ -81,14 +81,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _score_file(args: argparse.Namespace) -> int:
     from moderation.data import TEXT_COLUMN, read_table, require_columns
     from moderation.errors import InputDataError
-    from moderation.model import load_bundle
-    from moderation.scoring import Scorer
+    from moderation.scoring import load_scorer
 
     if args.output.suffix.lower() not in {".parquet", ".csv"}:
         raise InputDataError(f"output must end in .parquet or .csv, not {args.output.name}")
     frame = read_table(args.input)
     require_columns(frame, [TEXT_COLUMN], str(args.input))
-    scorer = Scorer(load_bundle(_model_dir(args.model)), batch_size=args.batch_size, threshold=args.threshold)
+    scorer = load_scorer(_model_dir(args.model), batch_size=args.batch_size, threshold=args.threshold)
     result = scorer.score_texts(frame[TEXT_COLUMN])
     out = frame.reset_index(drop=True).join(result.to_frame())
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -104,10 +103,9 @@ def _score_file(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from moderation.model import load_bundle
-    from moderation.scoring import Scorer, prefix_trace
+    from moderation.scoring import load_scorer, prefix_trace
 
-    scorer = Scorer(load_bundle(_model_dir(args.model)))
+    scorer = load_scorer(_model_dir(args.model))
     result = scorer.score_texts(args.texts)
     for text, score, reason in zip(args.texts, result.score, result.skip_reason):
         if reason is not None and not (isinstance(reason, float) and math.isnan(reason)):
