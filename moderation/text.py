@@ -50,26 +50,39 @@ def clean_texts(texts: Iterable[str | None] | pd.Series | pa.Array) -> pd.Series
     """Clean a column of review texts; nulls stay null, the order is kept.
 
     The heavy steps run in Arrow's compute kernels over the whole column;
-    only the repeat squeeze (a back-reference, which Arrow's RE2 lacks) and
-    the rare full-width fix run per row.
+    the full-width fix runs only on the rows that need it, and the repeat
+    squeeze (a back-reference, which Arrow's RE2 lacks) runs once over the
+    column joined into one string.
     """
     array = _as_string_array(texts)
     array = pc.utf8_normalize(array, form="NFC")
     array = pc.utf8_lower(array)
     # Zero-width and direction marks sit inside words: delete, do not split.
     array = pc.replace_substring_regex(array, r"\p{Cf}", "")
-    if pc.any(pc.match_substring_regex(array, "[\uff01-\uff5e\u3000]")).as_py():
-        array = pa.array(
-            [None if s is None else s.translate(_FULLWIDTH) for s in array.to_pylist()],
-            type=pa.large_string(),
-        )
+    full_width = pc.fill_null(pc.match_substring_regex(array, "[\uff01-\uff5e\u3000]"), False)
+    if pc.any(full_width).as_py():
+        fixed = [s.translate(_FULLWIDTH) for s in array.filter(full_width).to_pylist()]
+        array = pc.replace_with_mask(array, full_width, pa.array(fixed, type=pa.large_string()))
     # URLs last among the rewrites: "ｗｗｗ．x" and "www\u200b.x" are URLs too.
     array = pc.replace_substring_regex(array, _URL, " ")
     array = pc.replace_substring_regex(array, _DROP, " ")
     array = pc.replace_substring_regex(array, " {2,}", " ")
     array = pc.utf8_trim_whitespace(array)
-    squeezed = [None if s is None else _REPEAT.sub(r"\1\1\1", s) for s in array.to_pylist()]
-    return pd.Series(squeezed, dtype=pd.StringDtype("pyarrow"), index=_index_of(texts))
+    return pd.Series(_squeeze_repeats(array), dtype=pd.StringDtype("pyarrow"), index=_index_of(texts))
+
+
+def _squeeze_repeats(array: pa.Array) -> list[str | None]:
+    """Runs of one character longer than three cut to three, over the whole column at once.
+
+    Rows are joined with newlines, which cleaning has already turned into
+    spaces and which ``.`` never matches, so no run crosses two rows.
+    """
+    values = pc.fill_null(array, "").to_pylist()
+    squeezed = _REPEAT.sub(r"\1\1\1", "\n".join(values)).split("\n")
+    if len(squeezed) != len(values):  # impossible after cleaning; never misalign rows if it happens
+        squeezed = [_REPEAT.sub(r"\1\1\1", v) for v in values]
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    return [v if ok else None for v, ok in zip(squeezed, valid)]
 
 
 def clean_text(text: str | None) -> str | None:

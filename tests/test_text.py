@@ -84,3 +84,13 @@ def test_real_corpus_sample_cleans_without_loss(sample_path) -> None:
 
 def test_cleaning_version_is_named() -> None:
     assert CLEANING_VERSION.startswith("ko-clean-")
+
+
+def test_column_steps_keep_rows_apart_and_nulls_in_place() -> None:
+    """Full-width fixes touch only their rows; repeat squeezing never runs across two rows."""
+    raw = [None, "ｇｏｏｄ ＧＯＯＤ", "ㅋㅋ", "ㅋㅋ", "ㅋㅋㅋㅋㅋ\nㅋㅋㅋㅋ", "", "좋아요!!!!", None, "ㅋ\u3000ㅋ"]
+    cleaned = clean_texts(raw)
+    assert cleaned.tolist()[1:7] == ["good good", "ㅋㅋ", "ㅋㅋ", "ㅋㅋㅋ ㅋㅋㅋ", "", "좋아요!!!"]
+    assert cleaned.isna().tolist() == [True, False, False, False, False, False, False, True, False]
+    assert cleaned.iloc[8] == "ㅋ ㅋ"
+    assert [clean_text(t) for t in raw] == [None if v is pd.NA else v for v in cleaned.tolist()]
