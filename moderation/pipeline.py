@@ -6,9 +6,11 @@ Stages, each safe to retry:
    into chunks of the review-id range (small dicts, fit for XCom).
 2. :func:`score_chunk` reads one chunk, scores it and writes a Parquet file
    (atomically: a retried task overwrites, never appends).
-3. :func:`publish` writes everything in ONE transaction: scores upserted on
-   (review, model version), newly flagged reviews inserted into the queue
-   without touching rows moderators decided, and the run recorded.
+3. :func:`publish` writes everything in ONE transaction: the chunk files
+   are bulk-loaded into a temporary staging table (COPY on PostgreSQL), then
+   two set-based statements upsert the scores on (review, model version)
+   and queue the newly flagged reviews without touching rows moderators
+   decided, and the run is recorded.
 
 Nothing reaches the database before step 3 commits, so a failed run leaves
 no partial writes, and the same interval published twice gives the same
@@ -19,15 +21,30 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    and_,
+    func,
+    literal,
+    select,
+    text,
+    true,
+)
 
 from moderation import config, db
 from moderation.errors import DatabaseError
@@ -36,7 +53,21 @@ from moderation.model import verify_bundle
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 50_000
-PUBLISH_BATCH = 5_000
+#: Rows per bulk write into the staging table.
+PUBLISH_BATCH = 50_000
+UNSCORED = "unscored"
+
+#: One run's scores on their way in: private to the publishing transaction
+#: (a temporary table; PostgreSQL drops it at commit, SQLite at the end of publish).
+_staging = Table(
+    "publish_staging",
+    MetaData(),
+    Column("review_id", BigInteger, nullable=False),
+    Column("score", Float, nullable=True),
+    Column("skip_reason", String(64), nullable=True),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DROP",
+)
 RATE_HISTORY = 7
 
 
@@ -191,68 +222,47 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
 
 def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: list[dict[str, Any]]) -> dict[str, Any]:
     """Write the run's scores, new flags and run record in one transaction."""
-    import pyarrow.parquet as pq
-
     plan = _as_plan(plan)
-    expected = {c["index"] for c in plan.chunks}
-    got = {r["index"] for r in chunk_results}
+    expected = sorted(c["index"] for c in plan.chunks)
+    got = sorted(r["index"] for r in chunk_results)
     if expected != got:
-        raise DatabaseError(f"run {plan.run_id}: chunk results {sorted(got)} do not match the plan {sorted(expected)}")
+        raise DatabaseError(f"run {plan.run_id}: chunk results {got} do not match the plan {expected}")
     engine = _engine(db_url)
     now = datetime.now(timezone.utc)
     model = plan.model
-    read = scored = flagged_new = flagged = 0
-    skipped: dict[str, int] = {}
+    read = scored = flagged = 0
+    skipped: Counter[str] = Counter()
     started = time.perf_counter()
     with db.translate_errors(engine), engine.begin() as conn:
         _lock_interval(conn, plan)
         conn.execute(db.scoring_runs.delete().where(db.scoring_runs.c.run_id == plan.run_id))
+        _create_staging(conn)
         for result in sorted(chunk_results, key=lambda r: r["index"]):
-            path = Path(result["path"])
-            if not path.is_file():
-                raise DatabaseError(f"run {plan.run_id}: chunk file is missing: {path}")
-            table = pq.read_table(path)
-            ids = table.column("review_id").to_pylist()
-            scores = table.column("score").to_pylist()
-            reasons = table.column("skip_reason").to_pylist()
-            read += len(ids)
-            for start in range(0, len(ids), PUBLISH_BATCH):
-                sl = slice(start, start + PUBLISH_BATCH)
-                score_rows = []
-                flag_rows = []
-                for rid, score, reason in zip(ids[sl], scores[sl], reasons[sl]):
-                    has_score = score is not None and not math.isnan(score)
-                    score_rows.append({"review_id": rid, "model_version": model.version,
-                                       "score": score if has_score else None,
-                                       "skip_reason": None if has_score else (reason or "unscored"),
-                                       "scored_at": now, "run_id": plan.run_id})
-                    if has_score:
-                        scored += 1
-                        if score >= model.threshold:
-                            flag_rows.append({"review_id": rid, "model_version": model.version, "score": score,
-                                              "threshold": model.threshold, "status": "pending",
-                                              "flagged_at": now, "run_id": plan.run_id})
-                    else:
-                        key = reason or "unscored"
-                        skipped[key] = skipped.get(key, 0) + 1
-                _upsert_scores(conn, score_rows)
-                flagged += len(flag_rows)
-                flagged_new += _insert_flags(conn, flag_rows)
+            chunk = _read_chunk(plan, Path(result["path"]))
+            read += chunk.num_rows
+            for start in range(0, chunk.num_rows, PUBLISH_BATCH):
+                counts = _stage_scores(conn, chunk.slice(start, PUBLISH_BATCH), model.threshold)
+                scored += counts["scored"]
+                flagged += counts["flagged"]
+                skipped.update(counts["skipped"])
+        _upsert_scores(conn, plan, now)
+        flagged_new = _insert_flags(conn, plan, now)
+        _drop_staging(conn)
         rate = flagged / scored if scored else 0.0
         conn.execute(db.scoring_runs.insert().values(
             run_id=plan.run_id, interval_start=datetime.fromisoformat(plan.interval_start),
             interval_end=datetime.fromisoformat(plan.interval_end), model_version=model.version,
             threshold=model.threshold, reviews_read=read, reviews_scored=scored,
             reviews_skipped=sum(skipped.values()), reviews_flagged=flagged,
-            skip_reasons=json.dumps(skipped, sort_keys=True), started_at=now, finished_at=datetime.now(timezone.utc),
-            status="success",
+            skip_reasons=json.dumps(dict(skipped), sort_keys=True), started_at=now,
+            finished_at=datetime.now(timezone.utc), status="success",
         ))
         recent = _recent_flag_rates(conn, plan.run_id)
     engine.dispose()
     summary = {
         "run_id": plan.run_id, "interval_start": plan.interval_start, "interval_end": plan.interval_end,
         "model_version": model.version, "threshold": model.threshold, "reviews_read": read,
-        "reviews_scored": scored, "reviews_skipped": sum(skipped.values()), "skipped_by_reason": skipped,
+        "reviews_scored": scored, "reviews_skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
         "reviews_flagged": flagged, "newly_queued": flagged_new, "flag_rate": round(rate, 5),
         "publish_seconds": round(time.perf_counter() - started, 3),
     }
@@ -290,9 +300,71 @@ def _lock_interval(conn: Any, plan: RunPlan) -> None:
         conn.execute(db.scoring_runs.update().where(db.scoring_runs.c.run_id == "\0lock").values(status="running"))
 
 
-def _upsert_scores(conn: Any, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
+def _read_chunk(plan: RunPlan, path: Path) -> Any:
+    """A chunk file as an Arrow table of review_id, score, skip_reason."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise DatabaseError(f"run {plan.run_id}: chunk file is missing: {path}")
+    return pq.read_table(path, columns=["review_id", "score", "skip_reason"])
+
+
+def _create_staging(conn: Any) -> None:
+    if conn.dialect.name != "postgresql":  # SQLite keeps temporary tables per connection: start clean
+        _staging.drop(conn, checkfirst=True)
+    _staging.create(conn)
+
+
+def _drop_staging(conn: Any) -> None:
+    if conn.dialect.name != "postgresql":  # PostgreSQL drops it at commit (ON COMMIT DROP)
+        _staging.drop(conn)
+
+
+def _stage_scores(conn: Any, rows: Any, threshold: float) -> dict[str, Any]:
+    """Bulk-load one slice of a chunk into the staging table; returns its counts.
+
+    A row has a score or the reason it has none ("unscored" where the
+    chunk file gave neither), never both: the table's check constraint.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    score = rows.column("score").combine_chunks()
+    if pa.types.is_floating(score.type):  # NaN is "no score" too
+        score = pc.if_else(pc.is_nan(score), pa.scalar(None, score.type), score)
+    has_score = score.is_valid()
+    reason = pc.if_else(has_score, pa.scalar(None, pa.string()),
+                        pc.coalesce(rows.column("skip_reason").combine_chunks().cast(pa.string()),
+                                    pa.scalar(UNSCORED)))
+    ids = rows.column("review_id").combine_chunks().cast(pa.int64())
+    staged = pa.table({"review_id": ids, "score": score.cast(pa.float64()), "skip_reason": reason})
+    if conn.dialect.name == "postgresql":
+        _copy_into(conn, _staging.name, staged)
+    else:
+        conn.execute(_staging.insert(), staged.to_pylist())
+    scores = np.asarray(score.cast(pa.float64()).fill_null(np.nan))
+    return {"scored": int(pc.sum(has_score.cast(pa.int64())).as_py() or 0),
+            "flagged": int(np.count_nonzero(scores >= threshold)),
+            "skipped": Counter(v for v in reason.to_pylist() if v is not None)}
+
+
+def _copy_into(conn: Any, table_name: str, rows: Any) -> None:
+    """PostgreSQL's COPY from an Arrow table, written as CSV by Arrow (nulls as empty fields)."""
+    import io
+
+    import pyarrow.csv as pacsv
+
+    buffer = io.BytesIO()
+    pacsv.write_csv(rows, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    columns = ", ".join(rows.column_names)
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor, cursor.copy(f"COPY {table_name} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+        copy.write(buffer.getvalue())
+
+
+def _upsert_scores(conn: Any, plan: RunPlan, now: datetime) -> int:
+    """Every staged row into review_scores; a row already there is rewritten only if its result changed."""
     insert = _dialect_insert(conn)(db.review_scores)
     excluded = insert.excluded
     current = db.review_scores.c
@@ -301,25 +373,36 @@ def _upsert_scores(conn: Any, rows: list[dict[str, Any]]) -> None:
         | (func.abs(func.coalesce(current.score, 0.0) - func.coalesce(excluded.score, 0.0)) > 1e-6)
         | (func.coalesce(current.skip_reason, "") != func.coalesce(excluded.skip_reason, ""))
     )
-    conn.execute(
-        insert.on_conflict_do_update(
-            index_elements=[current.review_id, current.model_version],
-            set_={"score": excluded.score, "skip_reason": excluded.skip_reason,
-                  "scored_at": excluded.scored_at, "run_id": excluded.run_id},
-            where=changed,
-        ),
-        rows,
+    rows = select(
+        _staging.c.review_id, literal(plan.model.version, String), _staging.c.score, _staging.c.skip_reason,
+        literal(now, DateTime(timezone=True)), literal(plan.run_id, String),
+    ).where(true())  # SQLite needs a WHERE before ON CONFLICT to parse an INSERT ... SELECT
+    statement = insert.from_select(
+        ["review_id", "model_version", "score", "skip_reason", "scored_at", "run_id"], rows
+    ).on_conflict_do_update(
+        index_elements=[current.review_id, current.model_version],
+        set_={"score": excluded.score, "skip_reason": excluded.skip_reason,
+              "scored_at": excluded.scored_at, "run_id": excluded.run_id},
+        where=changed,
     )
+    return int(conn.execute(statement.execution_options(preserve_rowcount=True)).rowcount)
 
 
-def _insert_flags(conn: Any, rows: list[dict[str, Any]]) -> int:
-    """Queue new flags; a review already in the queue (decided or not) is left as it is."""
-    if not rows:
-        return 0
-    insert = _dialect_insert(conn)(db.moderation_queue).on_conflict_do_nothing(index_elements=["review_id"])
-    before = conn.execute(select(func.count()).select_from(db.moderation_queue)).scalar_one()
-    conn.execute(insert, rows)
-    return int(conn.execute(select(func.count()).select_from(db.moderation_queue)).scalar_one() - before)
+def _insert_flags(conn: Any, plan: RunPlan, now: datetime) -> int:
+    """Queue the staged rows at or above the threshold; a review already queued (decided or not) stays as it is.
+
+    Returns how many were queued now.
+    """
+    threshold = plan.model.threshold
+    rows = select(
+        _staging.c.review_id, literal(plan.model.version, String), _staging.c.score,
+        literal(threshold, Float), literal("pending", String), literal(now, DateTime(timezone=True)),
+        literal(plan.run_id, String),
+    ).where(_staging.c.score.is_not(None), _staging.c.score >= threshold)
+    statement = _dialect_insert(conn)(db.moderation_queue).from_select(
+        ["review_id", "model_version", "score", "threshold", "status", "flagged_at", "run_id"], rows
+    ).on_conflict_do_nothing(index_elements=["review_id"])
+    return int(conn.execute(statement.execution_options(preserve_rowcount=True)).rowcount)
 
 
 def _dialect_insert(conn: Any) -> Any:

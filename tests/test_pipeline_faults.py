@@ -145,6 +145,43 @@ def assert_consistent(db_url: str, results: list[dict[str, Any]], threshold: flo
     engine.dispose()
 
 
+def test_publish_stores_scores_bit_for_bit_and_names_rows_without_one(
+    any_db_url: str, sample_path: Path, tmp_path: Path, scorer: Any,
+) -> None:
+    """The bulk path (CSV into COPY on PostgreSQL) must not round scores or lose a reason."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    load_reviews(any_db_url, sample_path)
+    plan, results = plan_and_score(any_db_url, tmp_path / "run", scorer)
+    first = pq.read_table(results[0]["path"]).to_pydict()
+    first["score"][:3] = [float("nan"), None, 1 / 3]  # NaN without a reason, null with one, a long fraction
+    first["skip_reason"][:3] = [None, "empty", None]
+    pq.write_table(pa.table(first, schema=pq.read_schema(results[0]["path"])), results[0]["path"])
+
+    summary = pipeline.publish(any_db_url, plan, results)
+    stored = {r["review_id"]: (r["score"], r["skip_reason"]) for r in rows(any_db_url, db.review_scores)}
+    ids = first["review_id"]
+    assert stored[ids[0]] == (None, pipeline.UNSCORED)
+    assert stored[ids[1]] == (None, "empty")
+    assert stored[ids[2]] == (1 / 3, None)
+    for result in results:
+        table = pq.read_table(result["path"]).to_pydict()
+        for rid, score in zip(table["review_id"], table["score"]):
+            if score is not None and score == score:
+                assert stored[rid][0] == score, rid  # exact, not approximately
+    assert summary["skipped_by_reason"][pipeline.UNSCORED] == 1
+
+
+def test_publish_refuses_a_chunk_given_twice(any_db_url: str, sample_path: Path, tmp_path: Path,
+                                             scorer: Any) -> None:
+    load_reviews(any_db_url, sample_path)
+    plan, results = plan_and_score(any_db_url, tmp_path / "run", scorer)
+    with pytest.raises(DatabaseError, match="do not match the plan"):
+        pipeline.publish(any_db_url, plan, [*results, results[0]])
+    assert rows(any_db_url, db.review_scores) == []
+
+
 # --- 2. the database is unavailable ---------------------------------------------
 
 
@@ -189,28 +226,34 @@ def test_publish_failing_midway_commits_nothing_and_a_later_publish_succeeds(
 ) -> None:
     load_reviews(any_db_url, sample_path)
     plan, results = plan_and_score(any_db_url, tmp_path / "run", scorer)
-    monkeypatch.setattr(pipeline, "PUBLISH_BATCH", 250)  # several batches per chunk: the fault lands midway
-    written: list[int] = []
-    real_upsert, real_flags = pipeline._upsert_scores, pipeline._insert_flags
+    monkeypatch.setattr(pipeline, "PUBLISH_BATCH", 250)  # several staging writes per chunk
+    staged: list[int] = []
+    upserted: list[int] = []
+    real_stage, real_upsert, real_flags = pipeline._stage_scores, pipeline._upsert_scores, pipeline._insert_flags
 
-    def counting_upsert(conn: Any, score_rows: list[dict[str, Any]]) -> None:
-        real_upsert(conn, score_rows)
-        written.append(len(score_rows))
+    def counting_stage(conn: Any, chunk_rows: Any, threshold: float) -> dict[str, Any]:
+        counts = real_stage(conn, chunk_rows, threshold)
+        staged.append(chunk_rows.num_rows)
+        return counts
 
+    def counting_upsert(conn: Any, run_plan: pipeline.RunPlan, now: Any) -> int:
+        written = real_upsert(conn, run_plan, now)
+        upserted.append(written)
+        return written
+
+    monkeypatch.setattr(pipeline, "_stage_scores", counting_stage)
     monkeypatch.setattr(pipeline, "_upsert_scores", counting_upsert)
 
     def failing_publish(run_plan: pipeline.RunPlan) -> str:
         """Publish with the fault in place; returns the error message."""
-        written.clear()
+        staged.clear()
+        upserted.clear()
         moved = Path(results[-1]["path"]).with_suffix(".moved")
         if fault == "connection-lost-after-score-upserts":
-            calls = []
 
-            def flags_then_fail(conn: Any, flag_rows: list[dict[str, Any]]) -> int:
-                calls.append(1)
-                if len(calls) == 5:
-                    raise _operational_error("server closed the connection unexpectedly")
-                return real_flags(conn, flag_rows)
+            def flags_then_fail(conn: Any, run_plan: pipeline.RunPlan, now: Any) -> int:
+                real_flags(conn, run_plan, now)  # the queue is written too, then the connection drops
+                raise _operational_error("server closed the connection unexpectedly")
 
             monkeypatch.setattr(pipeline, "_insert_flags", flags_then_fail)
         else:
@@ -222,12 +265,16 @@ def test_publish_failing_midway_commits_nothing_and_a_later_publish_succeeds(
             monkeypatch.setattr(pipeline, "_insert_flags", real_flags)
             if moved.exists():
                 moved.rename(results[-1]["path"])
-        assert sum(written) >= 1_000, written  # well into the transaction when it failed
+        assert sum(staged) >= 1_000, staged  # well into the transaction when it failed
+        if fault == "connection-lost-after-score-upserts":
+            assert len(upserted) == 1, upserted  # the scores' upsert ran before the connection dropped
         return str(caught.value)
 
     # On empty tables: the failed publish leaves them empty.
     empty = snapshot(any_db_url)
     message = failing_publish(plan)
+    if fault == "connection-lost-after-score-upserts":
+        assert upserted[0] >= 1_000, upserted  # that many score rows were in the transaction
     if fault == "chunk-file-missing":
         assert message == f"run {RUN_ID}: chunk file is missing: {results[-1]['path']}"
     else:
@@ -269,13 +316,13 @@ def test_publish_when_the_server_kills_the_connection_midway(
     killed: list[int] = []
     admin = db.make_engine(pg_url)
 
-    def terminate_then_insert(conn: Any, flag_rows: list[dict[str, Any]]) -> int:
+    def terminate_then_insert(conn: Any, run_plan: pipeline.RunPlan, now: Any) -> int:
         if len(killed) == 0 and conn.execute(select(func.count()).select_from(db.review_scores)).scalar_one() > 1_000:
             pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
             with admin.connect() as other:
                 assert other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
             killed.append(pid)
-        return real_flags(conn, flag_rows)
+        return real_flags(conn, run_plan, now)
 
     monkeypatch.setattr(pipeline, "_insert_flags", terminate_then_insert)
     empty = snapshot(pg_url)
