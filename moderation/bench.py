@@ -53,9 +53,10 @@ AGREEMENT_TOLERANCE = 1e-5
 LOAD_BATCH = 20_000
 
 #: Defaults of a full run and of ``--quick`` (tiny, for tests and trying it out).
-FULL = {"model_reviews": 100_000, "sizes": [100_000, 1_000_000], "train_rows": 50_000, "val_rows": 10_000}
+FULL = {"model_reviews": 100_000, "sizes": [100_000, 1_000_000], "train_rows": 50_000, "val_rows": 10_000,
+        "train_epochs": 3}
 QUICK = {"model_reviews": 1_500, "sizes": [400], "scaling_sizes": [100, 400],
-         "train_rows": 800, "val_rows": 300}
+         "train_rows": 800, "val_rows": 300, "train_epochs": 1}
 
 T = TypeVar("T")
 
@@ -80,6 +81,7 @@ class Settings:
     repeats: int
     train_rows: int
     val_rows: int
+    train_epochs: int
     pg_url: str | None  # None: SQLite only
     chunk_size: int
     quick: bool = False
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=1, help="model section: best of this many timed runs")
     parser.add_argument("--train-rows", type=int, default=None, help="training rows of the training section (default 50000)")
     parser.add_argument("--val-rows", type=int, default=None, help="validation rows of the training section (default 10000)")
+    parser.add_argument("--train-epochs", type=int, default=None, help="epochs per recipe in the training section (default 3)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="nightly chunk size")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL server: a scratch database is created there and dropped")
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
@@ -160,6 +163,7 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
         repeats=max(1, args.repeats),
         train_rows=pick("train_rows"),
         val_rows=pick("val_rows"),
+        train_epochs=max(1, pick("train_epochs")),
         pg_url=pg_url,
         chunk_size=args.chunk_size,
         quick=args.quick,
@@ -661,6 +665,10 @@ def _child_main(spec_path: Path) -> int:
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     if spec.get("task") == "seeds":
         return _seeds_child(spec)
+    if spec.get("task") == "training":
+        result = measure_training(Path(spec["corpus"]), spec["train_rows"], spec["val_rows"], spec["epochs"])
+        Path(spec["result"]).write_text(json.dumps(_jsonable(result)), encoding="utf-8")
+        return 0
     return _nightly_child(spec)
 
 
@@ -773,19 +781,35 @@ def peak_rss_mb() -> float:
 # --- 4. training throughput --------------------------------------------------
 
 def bench_training(settings: Settings) -> dict[str, Any]:
-    """One epoch of the same network on the same rows: per-batch padding vs every row padded to 100."""
+    """The training comparison, in a fresh process at TensorFlow's default threading.
+
+    The model section sets one thread per operation for inference; training
+    wants TensorFlow's defaults (one thread per operation slowed the seeds'
+    fixed-100 epoch from 27 s to 43 s), and threading is fixed per process.
+    """
+    _progress(f"training: {settings.train_epochs} epoch(s) per recipe, in a fresh process")
+    with tempfile.TemporaryDirectory(prefix="moderation-bench-training-") as tmp:
+        work = Path(tmp)
+        spec = {"task": "training", "corpus": str(settings.corpus), "train_rows": settings.train_rows,
+                "val_rows": settings.val_rows, "epochs": settings.train_epochs, "result": str(work / "result.json")}
+        return _run_child_spec(spec, work, "training comparison")
+
+
+def measure_training(corpus: Path, train_rows: int, val_rows: int, epochs: int) -> dict[str, Any]:
+    """The same network on the same rows for ``epochs`` epochs: per-batch padding vs every row padded to 100."""
     from moderation.data import load_labelled, split_by_group
     from moderation.training import BucketedBatches, TrainingConfig, class_weights
     from moderation.vocab import CharVocab
 
     cfg = TrainingConfig()
-    split = split_by_group(load_labelled(settings.corpus), cfg.validation_fraction, cfg.test_fraction, cfg.seed)
-    train_text, y_train = _labelled_sample(split.train, settings.train_rows)
-    val_text, y_val = _labelled_sample(split.validation, settings.val_rows)
+    split = split_by_group(load_labelled(corpus), cfg.validation_fraction, cfg.test_fraction, cfg.seed)
+    train_text, y_train = _labelled_sample(split.train, train_rows)
+    val_text, y_val = _labelled_sample(split.validation, val_rows)
     vocab = CharVocab.build(train_text, min_freq=cfg.min_char_freq)
     weights = class_weights(y_train)
     fixed = _fixed_width_batches()
-    _progress(f"training: {len(train_text):,} rows, {len(val_text):,} validation rows, batch {cfg.batch_size}")
+    _progress(f"training: {len(train_text):,} rows, {len(val_text):,} validation rows, batch {cfg.batch_size}, "
+              f"{epochs} epoch(s) per recipe")
     variants = []
     for name, make in (
         ("bucketed (project)", lambda texts, y, bs, w, shuffle: BucketedBatches(
@@ -793,17 +817,32 @@ def bench_training(settings: Settings) -> dict[str, Any]:
         ("fixed 100 (seeds)", lambda texts, y, bs, w, shuffle: fixed(
             vocab.encode(texts, SEED_MAX_LEN), y, bs, w, shuffle=shuffle, seed=cfg.seed)),
     ):
-        _progress(f"training: one epoch, {name}")
+        _progress(f"training: {name}")
         train = make(train_text, y_train, cfg.batch_size, weights, True)
         val = make(val_text, y_val, 2048, None, False)
-        variants.append({"recipe": name, **one_epoch(train, val, vocab.size, cfg)})
+        variants.append({"recipe": name, **train_epochs(train, val, vocab.size, cfg, epochs)})
+    bucketed, seeds = variants
     return {
         "train_rows": len(train_text), "validation_rows": len(val_text), "batch_size": cfg.batch_size,
-        "learning_rate": cfg.learning_rate, "class_weights": True, "vocab_size": vocab.size,
+        "learning_rate": cfg.learning_rate, "class_weights": True, "vocab_size": vocab.size, "epochs": epochs,
         "variants": variants,
-        "ratio_bucketed_to_fixed": _ratio(variants[0]["samples_per_s"], variants[1]["samples_per_s"]),
-        "ratio_bucketed_to_fixed_steady": _ratio(variants[0]["steady_samples_per_s"], variants[1]["steady_samples_per_s"]),
+        "ratio_bucketed_to_fixed": _ratio(bucketed["samples_per_s"], seeds["samples_per_s"]),
+        "ratio_bucketed_to_fixed_steady": _ratio(bucketed["steady_samples_per_s"], seeds["steady_samples_per_s"]),
+        "auc_difference_same_epochs": round(bucketed["val_auc"] - seeds["val_auc"], 4),
+        "at_equal_time": equal_time_comparison(bucketed["per_epoch"], seeds["per_epoch"]),
     }
+
+
+def equal_time_comparison(bucketed: list[dict[str, Any]], seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each seeds' epoch: the bucketed recipe's validation AUC after the training time the seeds' had used."""
+    rows = []
+    for seed_epoch in seeds:
+        within = [e for e in bucketed if e["elapsed_seconds"] <= seed_epoch["elapsed_seconds"]]
+        rows.append({"seconds": seed_epoch["elapsed_seconds"], "fixed_epochs": seed_epoch["epoch"],
+                     "fixed_val_auc": seed_epoch["val_auc"],
+                     "bucketed_epochs": within[-1]["epoch"] if within else 0,
+                     "bucketed_val_auc": within[-1]["val_auc"] if within else None})
+    return rows
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -821,30 +860,40 @@ def _labelled_sample(frame: pd.DataFrame, n: int) -> tuple[list[str], np.ndarray
     return cleaned[keep].tolist(), frame["label"].to_numpy(np.float32)[keep]
 
 
-def one_epoch(train: Any, val: Any, vocab_size: int, cfg: Any) -> dict[str, Any]:
-    """A freshly built model (same seed, so same initial weights), one epoch, then validation."""
+def train_epochs(train: Any, val: Any, vocab_size: int, cfg: Any, epochs: int) -> dict[str, Any]:
+    """A freshly built model (same seed, so same initial weights), ``epochs`` timed epochs, validation after each."""
     import keras
 
     from moderation.model import build_model
 
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(vocab_size, cfg.embedding_dim, cfg.learning_rate)
-    sizes = [len(rows) for rows in train.batches]  # this epoch's batches, in the order fit reads them
+    sizes = [len(rows) for rows in train.batches]  # the first epoch's batches, in the order fit reads them
     widths = [train[i][0].shape[1] for i in range(len(train))]
-    clock = _batch_clock()
-    started = time.perf_counter()
-    model.fit(train, epochs=1, verbose=0, callbacks=[clock])
-    seconds = time.perf_counter() - started
-    scores = model.evaluate(val, verbose=0, return_dict=True)
-    samples = sum(sizes)
+    per_epoch, steady, elapsed = [], None, 0.0
+    for epoch in range(1, epochs + 1):
+        clock = _batch_clock()
+        started = time.perf_counter()
+        model.fit(train, epochs=1, verbose=0, callbacks=[clock])  # reshuffles its batches at the epoch's end
+        seconds = time.perf_counter() - started
+        elapsed += seconds
+        if epoch == 1:
+            steady = _steady_rate(clock.ends, sizes)
+        scores = model.evaluate(val, verbose=0, return_dict=True)  # not timed
+        per_epoch.append({"epoch": epoch, "seconds": round(seconds, 3), "elapsed_seconds": round(elapsed, 3),
+                          "samples_per_s": round(sum(sizes) / max(seconds, 1e-9), 1),
+                          "val_accuracy": round(float(scores["accuracy"]), 4),
+                          "val_auc": round(float(scores["auc"]), 4), "val_loss": round(float(scores["loss"]), 4)})
+    last = per_epoch[-1]
     return {
-        "seconds": round(seconds, 3),
-        "samples_per_s": round(samples / max(seconds, 1e-9), 1),
-        "steady_samples_per_s": _steady_rate(clock.ends, sizes),
+        "seconds": round(elapsed, 3),
+        "samples_per_s": round(sum(sizes) * epochs / max(elapsed, 1e-9), 1),
+        "steady_samples_per_s": steady,
         "mean_padded_width": round(float(np.mean(widths)), 1),
-        "val_accuracy": round(float(scores["accuracy"]), 4),
-        "val_auc": round(float(scores["auc"]), 4),
-        "val_loss": round(float(scores["loss"]), 4),
+        "val_accuracy": last["val_accuracy"],
+        "val_auc": last["val_auc"],
+        "val_loss": last["val_loss"],
+        "per_epoch": per_epoch,
     }
 
 
@@ -955,15 +1004,21 @@ def scaling_table(section: dict[str, Any]) -> str:
 
 
 def training_table(section: dict[str, Any]) -> str:
-    body = [[v["recipe"], v["mean_padded_width"], v["seconds"], v["samples_per_s"], v["steady_samples_per_s"],
-             v["val_accuracy"], v["val_auc"]] for v in section["variants"]]
+    body = [[v["recipe"], e["epoch"], v["mean_padded_width"], e["seconds"], e["elapsed_seconds"], e["samples_per_s"],
+             e["val_accuracy"], e["val_auc"]] for v in section["variants"] for e in v["per_epoch"]]
     table = format_table(
-        f"4. Training, one epoch: {section['train_rows']:,} rows, batch {section['batch_size']}, "
-        f"validation on {section['validation_rows']:,} rows",
-        ["recipe", "mean width", "epoch s", "samples/s", "steady samples/s", "val accuracy", "val AUC"], body)
+        f"4. Training: {section['train_rows']:,} rows, batch {section['batch_size']}, {section['epochs']} epoch(s) "
+        f"per recipe, validation on {section['validation_rows']:,} rows after each",
+        ["recipe", "epoch", "mean width", "epoch s", "elapsed s", "samples/s", "val accuracy", "val AUC"], body)
     steady = section["ratio_bucketed_to_fixed_steady"]
-    return (f"{table}\nbucketed / fixed 100: {section['ratio_bucketed_to_fixed']:.2f}x samples/s over the epoch"
-            + (f", {steady:.2f}x steady" if steady else ""))
+    lines = [table, f"bucketed / fixed 100: {section['ratio_bucketed_to_fixed']:.2f}x samples/s over all epochs"
+             + (f", {steady:.2f}x steady in the first" if steady else "")
+             + f"; val AUC after the same epochs {section['auc_difference_same_epochs']:+.4f}"]
+    for row in section["at_equal_time"]:
+        bucketed = "n/a" if row["bucketed_val_auc"] is None else f"{row['bucketed_val_auc']:.4f}"
+        lines.append(f"at {row['seconds']:.1f} s of training: fixed 100 after {row['fixed_epochs']} epoch(s) "
+                     f"AUC {row['fixed_val_auc']:.4f}, bucketed after {row['bucketed_epochs']} epoch(s) AUC {bucketed}")
+    return "\n".join(lines)
 
 
 def write_json(path: Path, results: dict[str, Any]) -> None:

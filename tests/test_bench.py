@@ -38,6 +38,9 @@ def test_quick_benchmark_writes_every_section(tiny_model_dir: Path, sample_path:
     assert model["agreement"]["rows_compared"] > 0
     assert {r["batch_size"] for r in model["scorer"]} == {256, 512, 1024, 2048}
     assert model["best_scorer"] in model["scorer"]
+    assert [r["method"] for r in model["seeds_variants"]] == ["seeds (pad 100)", "seeds (pad 100), TF default threads"]
+    assert model["seeds"] in model["seeds_variants"]  # the faster of the two is the baseline
+    assert model["threads"]["scorer_workers"] >= 1  # TensorFlow runs already here, so its threading stays as it is
 
     kinds = {"sqlite"} if pg == ["--no-pg"] else {"sqlite", "postgresql"}
     assert {r["db"] for r in results["pipeline"]} == kinds
@@ -52,6 +55,8 @@ def test_quick_benchmark_writes_every_section(tiny_model_dir: Path, sample_path:
     assert [v["recipe"] for v in variants] == ["bucketed (project)", "fixed 100 (seeds)"]
     assert all(0.0 <= v["val_accuracy"] <= 1.0 for v in variants)
     assert variants[1]["mean_padded_width"] == bench.SEED_MAX_LEN
+    assert all([e["epoch"] for e in v["per_epoch"]] == [1] for v in variants)
+    assert len(results["training"]["at_equal_time"]) == 1
 
     printed = capsys.readouterr().out
     for title in ("1. Model-only throughput", "2. Nightly pipeline", "3. Scaling", "4. Training"):
