@@ -360,7 +360,8 @@ def bench_model(settings: Settings, frame: pd.DataFrame) -> dict[str, Any]:
     _progress(f"model: {n:,} reviews, warming up")
     warm = texts[: min(n, SEED_BATCH + 500)]  # one full and one partial batch: every trace happens here
     seed_style_predict(bundle, warm, SEED_MAX_LEN, SEED_BATCH)
-    Scorer(bundle, workers=workers).score_texts(warm)
+    for fused in (True, False):
+        Scorer(bundle, workers=workers, fused=fused).score_texts(warm)
     prep, cleaned_lengths = time_preparation(bundle, series)
 
     _progress("model: seeds' way (pad to 100, predict batch 1024)")
@@ -372,16 +373,27 @@ def bench_model(settings: Settings, frame: pd.DataFrame) -> dict[str, Any]:
     seeds_default = _throughput_row("seeds (pad 100), TF default threads", SEED_BATCH, n, default_seconds,
                                     prep["clean_seconds"], prep["encode_seconds_seeds"])
     seeds = min(seeds_here, seeds_default, key=lambda r: r["seconds"])  # the stronger baseline
-    scorer_rows, scorer_scores = [], {}
+    scorer_rows: list[dict[str, Any]] = []
+    scorer_scores: dict[str, np.ndarray] = {}
+    forward_kinds = {}
     for batch_size in settings.batch_sizes:
         _progress(f"model: Scorer, batch {batch_size}")
         scorer = Scorer(bundle, batch_size=batch_size, workers=workers)
+        forward_kinds["Scorer"] = scorer.forward_kind
         seconds, result = best_of(settings.repeats, lambda: scorer.score_texts(series))
-        scorer_scores[batch_size] = result.score
+        scorer_scores[f"Scorer, batch {batch_size}"] = result.score
         scorer_rows.append(_throughput_row("Scorer", batch_size, n, seconds,
                                            prep["clean_seconds"], prep["encode_seconds_scorer"]))
     best = max(scorer_rows, key=lambda r: r["reviews_per_s"])
-    for row in [seeds_here, seeds_default, *scorer_rows]:
+    # The same Scorer on the Keras layers: what the fused LSTM kernel adds on its own.
+    _progress(f"model: Scorer on the Keras layers, batch {best['batch_size']}")
+    layers = Scorer(bundle, batch_size=best["batch_size"], workers=workers, fused=False)
+    forward_kinds["Scorer, Keras layers"] = layers.forward_kind
+    seconds, result = best_of(settings.repeats, lambda: layers.score_texts(series))
+    scorer_scores[f"Scorer, Keras layers, batch {best['batch_size']}"] = result.score
+    layers_row = _throughput_row("Scorer, Keras layers", best["batch_size"], n, seconds,
+                                 prep["clean_seconds"], prep["encode_seconds_scorer"])
+    for row in [seeds_here, seeds_default, *scorer_rows, layers_row]:
         row["vs_seeds"] = round(row["reviews_per_s"] / seeds["reviews_per_s"], 3)
     return {
         "reviews": n,
@@ -393,6 +405,8 @@ def bench_model(settings: Settings, frame: pd.DataFrame) -> dict[str, Any]:
         "seeds": seeds,
         "seeds_variants": [seeds_here, seeds_default],
         "scorer": scorer_rows,
+        "scorer_keras_layers": layers_row,
+        "forward": forward_kinds,
         "best_scorer": best,
         "ratio_best_scorer_to_seeds": best["vs_seeds"],
         "agreement": check_agreement(cleaned_lengths, [seed_scores, default_scores], scorer_scores,
@@ -456,7 +470,7 @@ def best_of(repeats: int, work: Callable[[], T]) -> tuple[float, T]:
 
 
 def check_agreement(cleaned_lengths: np.ndarray, seed_scores: np.ndarray | Sequence[np.ndarray],
-                    scorer_scores: dict[int, np.ndarray], max_len: int = SEED_MAX_LEN) -> dict[str, Any]:
+                    scorer_scores: dict[Any, np.ndarray], max_len: int = SEED_MAX_LEN) -> dict[str, Any]:
     """Both methods must give one score per review where they see the same characters.
 
     The seeds keep the last 100 characters and the Scorer the last
@@ -481,7 +495,7 @@ def check_agreement(cleaned_lengths: np.ndarray, seed_scores: np.ndarray | Seque
         "rows_longer_than_100": int((cleaned_lengths > SEED_MAX_LEN).sum()),
         "max_abs_diff": worst,
         "tolerance": AGREEMENT_TOLERANCE,
-        "batch_sizes_checked": sorted(scorer_scores),
+        "scorers_checked": [str(k) for k in scorer_scores],
     }
 
 
@@ -973,7 +987,8 @@ def _cell(value: Any) -> str:
 def model_table(section: dict[str, Any]) -> str:
     rows = [[r["method"], r["batch_size"], r["reviews_per_s"], r["seconds"], r["clean_seconds"],
              r["encode_seconds"], r["model_seconds"], f"{r['vs_seeds']:.2f}x"]
-            for r in [*section.get("seeds_variants", [section["seeds"]]), *section["scorer"]]]
+            for r in [*section.get("seeds_variants", [section["seeds"]]), *section["scorer"],
+                      *([section["scorer_keras_layers"]] if "scorer_keras_layers" in section else [])]]
     table = format_table(
         f"1. Model-only throughput: {section['reviews']:,} corpus reviews, model {section['model_version']} "
         f"(best of {section['repeats']}; model s = total - clean - encode)",
@@ -982,6 +997,8 @@ def model_table(section: dict[str, Any]) -> str:
     verdict = "PASSED" if agreement["passed"] else "FAILED"
     return (f"{table}\nbest Scorer: batch {best['batch_size']}, {best['vs_seeds']:.2f}x the seeds' reviews/s "
             f"(against the faster seeds row: {section['seeds']['method']})\n"
+            f"forward pass: {', '.join(f'{k} = {v}' for k, v in section.get('forward', {}).items())}; "
+            f"threads: {section.get('threads')}\n"
             f"agreement {verdict}: {agreement['rows_compared']:,} of {agreement['rows_total']:,} rows compared "
             f"(cleaned length <= {SEED_MAX_LEN}, scorable; {agreement['rows_longer_than_100']:,} longer), "
             f"max |diff| {agreement['max_abs_diff']:.2e} (tolerance {agreement['tolerance']:g})")

@@ -8,7 +8,9 @@ masked, so a review's score does not depend on which batch it lands in.
 An LSTM step is a chain of small operations that two threads cannot share
 well, so TensorFlow is told to run each operation on one thread while
 several batches are scored side by side, one per core
-(:func:`configure_inference_threads`; 1.9x the default on 2 cores).
+(:func:`configure_inference_threads`; 1.9x the default on 2 cores). Where
+the model is the seed network, its LSTMs run on TensorFlow's fused kernel
+(:mod:`moderation.fused_lstm`), which computes the same scores faster.
 """
 
 from __future__ import annotations
@@ -107,14 +109,18 @@ class Scorer:
     """Scores review texts with one loaded model; build once per task, reuse per chunk."""
 
     def __init__(self, bundle: ModelBundle, batch_size: int = DEFAULT_BATCH_SIZE, threshold: float | None = None,
-                 workers: int | None = None):
+                 workers: int | None = None, fused: bool | None = None):
+        from moderation.fused_lstm import fused_allowed
+
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.bundle = bundle
         self.batch_size = batch_size
         self.threshold = bundle.threshold if threshold is None else threshold
-        self._predict, thread_safe = _compiled_predict(bundle.model)
-        self.workers = (workers or default_workers()) if thread_safe else 1
+        forward = _compiled_forward(bundle.model, fused_allowed() if fused is None else fused)
+        self._predict = forward.predict
+        self.forward_kind = forward.kind
+        self.workers = (workers or default_workers()) if forward.thread_safe else 1
 
     def score_texts(self, texts: Iterable[str | None] | pd.Series) -> Scores:
         raw = texts if isinstance(texts, pd.Series) else pd.Series(list(texts), dtype=object)
@@ -149,32 +155,56 @@ class Scorer:
 
 
 Predict = Callable[[np.ndarray], np.ndarray]
-_COMPILED: weakref.WeakKeyDictionary[Any, tuple[Predict, bool]] = weakref.WeakKeyDictionary()
 
 
-def _compiled_predict(model: Any) -> tuple[Predict, bool]:
-    """One forward pass per model and whether threads may call it at once.
+@dataclass(frozen=True)
+class Forward:
+    """How a Scorer runs the network: the function, whether threads may share it, and what it is."""
 
-    On TensorFlow a function traced once for any batch shape, which threads
-    may share; elsewhere plain ``predict_on_batch``, called from one thread.
+    predict: Predict
+    thread_safe: bool
+    kind: str
+
+
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[bool, Forward]] = weakref.WeakKeyDictionary()
+
+
+def _compiled_forward(model: Any, fused: bool) -> Forward:
+    """One forward pass per model (and per choice of kernel), traced once for any batch shape."""
+    per_model = _COMPILED.setdefault(model, {})
+    if fused not in per_model:
+        per_model[fused] = _build_forward(model, fused)
+    return per_model[fused]
+
+
+def _build_forward(model: Any, fused: bool) -> Forward:
+    """The fused LSTM kernel where it computes the same function, else the Keras layers.
+
+    On TensorFlow the pass is a traced function that threads may share;
+    elsewhere plain ``predict_on_batch``, called from one thread.
     """
-    if model not in _COMPILED:
-        _COMPILED[model] = _build_predict(model)
-    return _COMPILED[model]
-
-
-def _build_predict(model: Any) -> tuple[Predict, bool]:
     import keras
 
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+    from moderation import fused_lstm
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)], reduce_retracing=True)
-        def forward(ids: Any) -> Any:
-            return model(ids, training=False)
+    def as_scores(tensor: Any) -> np.ndarray:
+        return np.asarray(tensor).reshape(-1).astype(np.float64)
 
-        return (lambda batch: forward(batch).numpy().reshape(-1).astype(np.float64)), True
-    return (lambda batch: np.asarray(model.predict_on_batch(batch)).reshape(-1).astype(np.float64)), False
+    if keras.backend.backend() != "tensorflow":
+        return Forward(lambda batch: as_scores(model.predict_on_batch(batch)), False, "Keras predict_on_batch")
+    if fused:
+        reason = fused_lstm.unsupported_reason(model)
+        if reason is None:
+            forward = fused_lstm.build_fused_forward(model)
+            return Forward(lambda batch: as_scores(forward(batch)), True, "fused LSTM kernel")
+        log.info("scoring with the Keras layers: %s", reason)
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)], reduce_retracing=True)
+    def layers_forward(ids: Any) -> Any:
+        return model(ids, training=False)
+
+    return Forward(lambda batch: as_scores(layers_forward(batch)), True, "Keras layers")
 
 
 def seed_style_predict(bundle: ModelBundle, texts: list[str], max_len: int = 100, batch_size: int = 1024) -> np.ndarray:
