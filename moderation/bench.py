@@ -401,6 +401,7 @@ def bench_model(settings: Settings, frame: pd.DataFrame) -> dict[str, Any]:
         "model_max_len": bundle.card.max_len,
         "repeats": settings.repeats,
         "threads": _tf_threads(workers),
+        "max_batch_chars": scorer.max_batch_chars,
         "preparation": prep,
         "seeds": seeds,
         "seeds_variants": [seeds_here, seeds_default],

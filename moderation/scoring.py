@@ -34,6 +34,9 @@ from moderation.vocab import EncodedTexts
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 1024
+#: Characters (rows x padded width) per batch at most: bounds a batch's memory, which
+#: the fused kernel's per-step gate outputs make about 2.7 KB per character.
+DEFAULT_MAX_BATCH_CHARS = 65_536
 WORKERS_ENV = "MODERATION_SCORING_WORKERS"
 
 
@@ -109,13 +112,17 @@ class Scorer:
     """Scores review texts with one loaded model; build once per task, reuse per chunk."""
 
     def __init__(self, bundle: ModelBundle, batch_size: int = DEFAULT_BATCH_SIZE, threshold: float | None = None,
-                 workers: int | None = None, fused: bool | None = None):
+                 workers: int | None = None, fused: bool | None = None,
+                 max_batch_chars: int = DEFAULT_MAX_BATCH_CHARS):
         from moderation.fused_lstm import fused_allowed
 
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if max_batch_chars < 1:
+            raise ValueError(f"max_batch_chars must be at least 1, got {max_batch_chars}")
         self.bundle = bundle
         self.batch_size = batch_size
+        self.max_batch_chars = max_batch_chars
         self.threshold = bundle.threshold if threshold is None else threshold
         forward = _compiled_forward(bundle.model, fused_allowed() if fused is None else fused)
         self._predict = forward.predict
@@ -138,8 +145,7 @@ class Scorer:
     def predict_encoded(self, encoded: EncodedTexts) -> np.ndarray:
         """Scores of encoded rows in their original order; batches run ``workers`` at a time."""
         out = np.empty(len(encoded), dtype=np.float64)
-        order = np.argsort(encoded.lengths, kind="stable")
-        batches = [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        batches = length_sorted_batches(encoded.lengths, self.batch_size, self.max_batch_chars)
 
         def score(rows: np.ndarray) -> None:
             out[rows] = self._predict(encoded.padded(rows))
@@ -152,6 +158,27 @@ class Scorer:
                 for done in pool.map(score, batches):
                     del done  # map re-raises a worker's error here
         return out
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int, max_chars: int) -> list[np.ndarray]:
+    """Row indices sorted by length, cut into batches of at most ``batch_size`` rows and ``max_chars`` characters.
+
+    A batch is padded to its longest (last) row, so its cost is rows x that
+    length: short rows go ``batch_size`` at a time, long ones fewer at a time,
+    and no batch needs more memory than ``max_chars`` characters allow (a
+    single row longer than that still gets a batch of its own).
+    """
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = np.maximum(lengths[order], 1)
+    batches, start = [], 0
+    while start < len(order):
+        window = sorted_lengths[start : start + batch_size]
+        rows = np.arange(1, len(window) + 1)
+        fits = int(np.count_nonzero(rows * window <= max_chars))  # rows * width grows with rows: a prefix fits
+        end = start + max(fits, 1)
+        batches.append(order[start:end])
+        start = end
+    return batches
 
 
 Predict = Callable[[np.ndarray], np.ndarray]

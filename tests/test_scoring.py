@@ -13,7 +13,14 @@ import pandas as pd
 import pytest
 
 from moderation.model import load_bundle
-from moderation.scoring import WORKERS_ENV, Scorer, default_workers, prefix_trace, seed_style_predict
+from moderation.scoring import (
+    WORKERS_ENV,
+    Scorer,
+    default_workers,
+    length_sorted_batches,
+    prefix_trace,
+    seed_style_predict,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +48,27 @@ def test_batches_scored_side_by_side_give_the_same_scores(bundle, sample_path: P
     side_by_side = Scorer(bundle, batch_size=64, workers=3).score_texts(texts)
     np.testing.assert_array_equal(alone.score, side_by_side.score)
     np.testing.assert_array_equal(alone.flagged, side_by_side.flagged)
+
+
+def test_batches_are_bounded_in_rows_and_characters() -> None:
+    lengths = np.random.default_rng(1).integers(0, 151, size=5000)
+    lengths[:3] = [400, 0, 150]  # one row over the character budget on its own, one empty
+    batches = length_sorted_batches(lengths, batch_size=256, max_chars=4096)
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(len(lengths)))  # every row exactly once
+    assert np.all(np.diff(lengths[rows]) >= 0)  # shortest first
+    for batch in batches:
+        assert 1 <= len(batch) <= 256
+        assert len(batch) == 1 or len(batch) * max(int(lengths[batch].max()), 1) <= 4096
+    assert [len(b) for b in batches][:2] == [256, 256]  # short rows (up to 16 characters) fill whole batches
+    assert len(batches[-1]) == 1 and lengths[batches[-1][0]] == 400
+
+
+def test_scores_do_not_depend_on_the_character_budget(bundle, sample_path: Path) -> None:  # type: ignore[no-untyped-def]
+    texts = pd.read_parquet(sample_path)["text"].head(1000)
+    roomy = Scorer(bundle, batch_size=512).score_texts(texts).score
+    tight = Scorer(bundle, batch_size=512, max_batch_chars=60).score_texts(texts).score
+    np.testing.assert_allclose(roomy, tight, atol=1e-6, rtol=0, equal_nan=True)
 
 
 def test_a_failing_batch_fails_the_call(bundle, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
