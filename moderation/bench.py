@@ -54,7 +54,7 @@ LOAD_BATCH = 20_000
 
 #: Defaults of a full run and of ``--quick`` (tiny, for tests and trying it out).
 FULL = {"model_reviews": 100_000, "sizes": [100_000, 1_000_000], "train_rows": 50_000, "val_rows": 10_000,
-        "train_epochs": 3}
+        "train_epochs": 6}
 QUICK = {"model_reviews": 1_500, "sizes": [400], "scaling_sizes": [100, 400],
          "train_rows": 800, "val_rows": 300, "train_epochs": 1}
 
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=1, help="model section: best of this many timed runs")
     parser.add_argument("--train-rows", type=int, default=None, help="training rows of the training section (default 50000)")
     parser.add_argument("--val-rows", type=int, default=None, help="validation rows of the training section (default 10000)")
-    parser.add_argument("--train-epochs", type=int, default=None, help="epochs per recipe in the training section (default 3)")
+    parser.add_argument("--train-epochs", type=int, default=None, help="epochs per recipe in the training section (default 6)")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="nightly chunk size")
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL, help="PostgreSQL server: a scratch database is created there and dropped")
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
