@@ -849,14 +849,19 @@ def measure_training(corpus: Path, train_rows: int, val_rows: int, epochs: int) 
 
 
 def equal_time_comparison(bucketed: list[dict[str, Any]], seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each seeds' epoch: the bucketed recipe's validation AUC after the training time the seeds' had used."""
+    """For each seeds' epoch: the bucketed recipe's validation AUC after the training time the seeds' had used.
+
+    ``bucketed_still_training`` is False where the bucketed run had already
+    finished its epochs by then: that row compares against its last epoch.
+    """
     rows = []
     for seed_epoch in seeds:
         within = [e for e in bucketed if e["elapsed_seconds"] <= seed_epoch["elapsed_seconds"]]
         rows.append({"seconds": seed_epoch["elapsed_seconds"], "fixed_epochs": seed_epoch["epoch"],
                      "fixed_val_auc": seed_epoch["val_auc"],
                      "bucketed_epochs": within[-1]["epoch"] if within else 0,
-                     "bucketed_val_auc": within[-1]["val_auc"] if within else None})
+                     "bucketed_val_auc": within[-1]["val_auc"] if within else None,
+                     "bucketed_still_training": seed_epoch["elapsed_seconds"] < bucketed[-1]["elapsed_seconds"]})
     return rows
 
 
@@ -1034,8 +1039,10 @@ def training_table(section: dict[str, Any]) -> str:
              + f"; val AUC after the same epochs {section['auc_difference_same_epochs']:+.4f}"]
     for row in section["at_equal_time"]:
         bucketed = "n/a" if row["bucketed_val_auc"] is None else f"{row['bucketed_val_auc']:.4f}"
+        stopped = "" if row.get("bucketed_still_training", True) else " (its last epoch: it had finished)"
         lines.append(f"at {row['seconds']:.1f} s of training: fixed 100 after {row['fixed_epochs']} epoch(s) "
-                     f"AUC {row['fixed_val_auc']:.4f}, bucketed after {row['bucketed_epochs']} epoch(s) AUC {bucketed}")
+                     f"AUC {row['fixed_val_auc']:.4f}, bucketed after {row['bucketed_epochs']} epoch(s) AUC {bucketed}"
+                     f"{stopped}")
     return "\n".join(lines)
 
 

@@ -83,3 +83,14 @@ def test_samples_beyond_the_corpus_get_new_unique_ids(sample_path: Path) -> None
     assert same.equals(bench.sample_corpus(frame, 100))  # fixed: every section sees the same rows
     big = bench.sample_corpus(frame, len(frame) + 500)
     assert big["review_id"].is_unique and len(big) == len(frame) + 500
+
+
+def test_equal_time_rows_say_when_the_faster_recipe_had_finished() -> None:
+    def epochs(*elapsed_auc: tuple[float, float]) -> list[dict[str, float]]:
+        return [{"epoch": i + 1, "elapsed_seconds": t, "val_auc": a} for i, (t, a) in enumerate(elapsed_auc)]
+
+    bucketed = epochs((10, 0.80), (20, 0.85), (30, 0.86))
+    fixed = epochs((9, 0.70), (25, 0.82), (50, 0.90))
+    rows = bench.equal_time_comparison(bucketed, fixed)
+    assert [(r["bucketed_epochs"], r["bucketed_val_auc"], r["bucketed_still_training"]) for r in rows] == [
+        (0, None, True), (2, 0.85, True), (3, 0.86, False)]
