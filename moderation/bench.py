@@ -681,9 +681,7 @@ def _child_main(spec_path: Path) -> int:
     if spec.get("task") == "seeds":
         return _seeds_child(spec)
     if spec.get("task") == "training":
-        result = measure_training(Path(spec["corpus"]), spec["train_rows"], spec["val_rows"], spec["epochs"])
-        Path(spec["result"]).write_text(json.dumps(_jsonable(result)), encoding="utf-8")
-        return 0
+        return _training_child(spec)
     return _nightly_child(spec)
 
 
@@ -697,6 +695,12 @@ def _seeds_child(spec: dict[str, Any]) -> int:
     seconds, scores = best_of(spec["repeats"], lambda: seed_style_predict(bundle, texts, SEED_MAX_LEN, SEED_BATCH))
     np.save(spec["scores"], scores)
     Path(spec["result"]).write_text(json.dumps({"seconds": seconds}), encoding="utf-8")
+    return 0
+
+
+def _training_child(spec: dict[str, Any]) -> int:
+    result = measure_training(Path(spec["corpus"]), spec["train_rows"], spec["val_rows"], spec["epochs"])
+    Path(spec["result"]).write_text(json.dumps(_jsonable(result)), encoding="utf-8")
     return 0
 
 

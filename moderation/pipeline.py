@@ -328,27 +328,25 @@ def _stage_scores(conn: Any, rows: Any, threshold: float) -> dict[str, Any]:
     A row has a score or the reason it has none ("unscored" where the
     chunk file gave neither), never both: the table's check constraint.
     """
-    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    score = rows.column("score").combine_chunks()
-    if pa.types.is_floating(score.type):  # NaN is "no score" too
-        score = pc.if_else(pc.is_nan(score), pa.scalar(None, score.type), score)
+    score = rows.column("score").combine_chunks().cast(pa.float64())
+    score = pc.if_else(pc.is_nan(score), pa.scalar(None, pa.float64()), score)  # NaN is "no score" too
     has_score = score.is_valid()
     reason = pc.if_else(has_score, pa.scalar(None, pa.string()),
                         pc.coalesce(rows.column("skip_reason").combine_chunks().cast(pa.string()),
                                     pa.scalar(UNSCORED)))
     ids = rows.column("review_id").combine_chunks().cast(pa.int64())
-    staged = pa.table({"review_id": ids, "score": score.cast(pa.float64()), "skip_reason": reason})
+    staged = pa.table({"review_id": ids, "score": score, "skip_reason": reason})
     if conn.dialect.name == "postgresql":
         _copy_into(conn, _staging.name, staged)
     else:
         conn.execute(_staging.insert(), staged.to_pylist())
-    scores = np.asarray(score.cast(pa.float64()).fill_null(np.nan))
-    return {"scored": int(pc.sum(has_score.cast(pa.int64())).as_py() or 0),
-            "flagged": int(np.count_nonzero(scores >= threshold)),
-            "skipped": Counter(v for v in reason.to_pylist() if v is not None)}
+    skipped = pc.value_counts(reason.drop_null()).to_pylist()
+    return {"scored": len(score) - score.null_count,
+            "flagged": int(pc.sum(pc.greater_equal(score, threshold)).as_py() or 0),
+            "skipped": Counter({item["values"]: item["counts"] for item in skipped})}
 
 
 def _copy_into(conn: Any, table_name: str, rows: Any) -> None:
