@@ -1,8 +1,10 @@
 """The reviews database: one SQLAlchemy schema for SQLite and PostgreSQL.
 
-``sql/`` holds the same schema as PostgreSQL DDL with the moderators' view
-and the roles; a test checks the two agree. Every statement here is built
-with SQLAlchemy Core and bound parameters: no SQL is assembled from strings.
+These tables describe the schema at the newest migration
+(``moderation/migrations``), which is what creates and changes it; a test
+checks that a database upgraded to head matches them. ``sql/schema.sql`` is
+the same upgrade as PostgreSQL DDL. Every statement here is built with
+SQLAlchemy Core and bound parameters: no SQL is assembled from strings.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -62,6 +65,10 @@ model_versions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("registered_at", DateTime(timezone=True), nullable=False),
     Column("is_active", Boolean, nullable=False, default=False),
+    Column("fingerprint", String(64), nullable=True),  # digest of the model's files (revision 0002)
+    # One active model, enforced by the database (revision 0005).
+    Index("ux_model_versions_one_active", "is_active", unique=True,
+          postgresql_where=text("is_active"), sqlite_where=text("is_active")),
 )
 
 scoring_runs = Table(
@@ -80,6 +87,7 @@ scoring_runs = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("status", String(16), nullable=False),
+    Column("operating_point", String(64), nullable=True),  # named threshold of the card (revision 0003)
     CheckConstraint("status IN ('running', 'success', 'failed')", name="ck_scoring_runs_status"),
     Index("ix_scoring_runs_interval", "interval_start", "interval_end"),
 )
@@ -162,25 +170,10 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
 
 
 def init_schema(engine: Engine) -> None:
-    """Create the tables that are missing (idempotent); on PostgreSQL also the view."""
-    with translate_errors(engine):
-        metadata.create_all(engine)
-        if engine.dialect.name == "postgresql":
-            with engine.begin() as conn:
-                conn.execute(text(FLAGGED_VIEW_SQL))
-        else:
-            with engine.begin() as conn:
-                conn.execute(text(FLAGGED_VIEW_SQL.replace("CREATE OR REPLACE VIEW", "CREATE VIEW IF NOT EXISTS")))
+    """Bring the database to the newest schema revision (idempotent): ``moderation db init``/``upgrade``."""
+    from moderation import migrations
 
-
-FLAGGED_VIEW_SQL = """
-CREATE OR REPLACE VIEW flagged_reviews AS
-SELECT q.review_id, r.product_id, r.text, r.rating, q.score, q.threshold, q.model_version,
-       q.status, q.flagged_at, q.decided_by, q.decided_at, q.note, r.created_at, r.ingested_at
-FROM moderation_queue q
-JOIN reviews r ON r.review_id = q.review_id
-ORDER BY q.flagged_at DESC, q.score DESC
-"""
+    migrations.upgrade(engine)
 
 
 @contextmanager
@@ -194,3 +187,10 @@ def translate_errors(engine: Engine) -> Iterator[None]:
     except SQLAlchemyError as exc:
         raise DatabaseError(f"database error on {engine.url.render_as_string(hide_password=True)}: "
                             f"{str(exc).strip().splitlines()[0]}") from exc
+
+
+def activate_only(conn: Connection, version: str) -> None:
+    """Make ``version`` the one active model: others off first, so the unique index never sees two."""
+    conn.execute(model_versions.update().where(model_versions.c.is_active.is_(True),
+                                               model_versions.c.version != version).values(is_active=False))
+    conn.execute(model_versions.update().where(model_versions.c.version == version).values(is_active=True))

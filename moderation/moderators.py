@@ -636,6 +636,6 @@ def activate_model(engine: Engine, version: str) -> dict[str, Any]:
     with db.translate_errors(engine), engine.begin() as conn:
         if conn.execute(select(m.version).where(m.version == version)).scalar() is None:
             raise ModelBundleError(f"model version {version!r} was removed while activating it")
-        conn.execute(db.model_versions.update().values(is_active=m.version == version))
+        db.activate_only(conn, version)
     log.info("model %s is now the active model", version)
     return next(row for row in list_models(engine) if row["version"] == version)

@@ -46,7 +46,7 @@ from sqlalchemy import (
     true,
 )
 
-from moderation import config, db
+from moderation import config, db, migrations
 from moderation.errors import DatabaseError
 from moderation.model import verify_bundle
 
@@ -129,7 +129,7 @@ def register_model(engine: Engine, directory: Path, activate: bool = False) -> A
         else:
             conn.execute(db.model_versions.insert().values(**values, registered_at=now, is_active=False))
         if activate:
-            conn.execute(db.model_versions.update().values(is_active=db.model_versions.c.version == card.version))
+            db.activate_only(conn, card.version)
     return card
 
 
@@ -154,6 +154,7 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
     if end <= start:
         raise ValueError(f"interval end {end} is not after its start {start}")
     engine = _engine(db_url)
+    migrations.require_head(engine)  # never score into a schema the code does not know
     model = active_model(engine, threshold)
     numbered = (
         select(db.reviews.c.review_id, func.row_number().over(order_by=db.reviews.c.review_id).label("n"))
