@@ -51,6 +51,8 @@ reviews = Table(
     Column("text", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=True),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
+    # Raised by a database trigger whenever text changes, for every writer (revision 0006).
+    Column("text_version", Integer, nullable=False, server_default=text("1")),
     Index("ix_reviews_ingested_at", "ingested_at", "review_id"),
     Index("ix_reviews_product_id", "product_id"),
 )
@@ -88,6 +90,7 @@ scoring_runs = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("status", String(16), nullable=False),
     Column("operating_point", String(64), nullable=True),  # named threshold of the card (revision 0003)
+    Column("triggered_by", String(250), nullable=True),  # the latest pass: Airflow run id or cli (revision 0008)
     CheckConstraint("status IN ('running', 'success', 'failed')", name="ck_scoring_runs_status"),
     Index("ix_scoring_runs_interval", "interval_start", "interval_end"),
 )
@@ -101,6 +104,7 @@ review_scores = Table(
     Column("skip_reason", String(64), nullable=True),
     Column("scored_at", DateTime(timezone=True), nullable=False),
     Column("run_id", String(250), nullable=False),
+    Column("text_version", Integer, nullable=False, server_default=text("1")),  # of the text scored (0007)
     CheckConstraint("(score IS NULL) <> (skip_reason IS NULL)", name="ck_review_scores_score_or_reason"),
     Index("ix_review_scores_run_id", "run_id"),
 )
@@ -118,7 +122,8 @@ moderation_queue = Table(
     Column("decided_by", String(128), nullable=True),
     Column("decided_at", DateTime(timezone=True), nullable=True),
     Column("note", Text, nullable=True),
-    CheckConstraint("status IN ('pending', 'confirmed', 'dismissed')", name="ck_moderation_queue_status"),
+    Column("text_version", Integer, nullable=False, server_default=text("1")),  # of the text scored (0007)
+    CheckConstraint("status IN ('pending', 'confirmed', 'dismissed', 'expired')", name="ck_moderation_queue_status"),
     Index("ix_moderation_queue_status_flagged", "status", "flagged_at"),
 )
 
@@ -134,8 +139,33 @@ review_labels = Table(
     CheckConstraint("source IN ('moderator', 'import', 'rating')", name="ck_review_labels_source"),
 )
 
+#: Append-only history of every queue transition (revision 0009); triggers refuse UPDATE and DELETE.
+moderation_events = Table(
+    "moderation_events",
+    metadata,
+    Column("event_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("review_id", BigInteger, nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # the queue status after the event
+    Column("previous_status", String(16), nullable=True),
+    Column("actor", String(250), nullable=False),  # a moderator's name, or the run that did it
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("score", Float, nullable=True),
+    Column("model_version", String(128), nullable=True),
+    Column("threshold", Float, nullable=True),
+    Column("text_version", Integer, nullable=True),
+    Column("run_id", String(250), nullable=True),
+    Column("note", Text, nullable=True),
+    CheckConstraint("event IN ('queued', 're-scored', 'decided', 're-opened', 'expired')",
+                    name="ck_moderation_events_event"),
+    Index("ix_moderation_events_review", "review_id", "event_id"),
+    Index("ix_moderation_events_at", "at"),
+)
+
 #: Tables the package owns, in dependency order.
-TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue, review_labels]
+TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue, review_labels, moderation_events]
+#: Views the migrations create: the moderators' queue and the queue's history.
+VIEWS = ["flagged_reviews", "moderation_history"]
 
 
 def resolve_db_url(url: str | None = None) -> str:

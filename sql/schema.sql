@@ -190,3 +190,112 @@ CREATE UNIQUE INDEX ux_model_versions_one_active ON model_versions (is_active) W
 
 UPDATE alembic_version SET version_num='0005' WHERE alembic_version.version_num = '0004';
 
+-- Running upgrade 0005 -> 0006
+
+ALTER TABLE reviews ADD COLUMN text_version INTEGER DEFAULT 1 NOT NULL;
+
+CREATE FUNCTION reviews_text_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.text IS DISTINCT FROM OLD.text THEN
+        NEW.text_version := OLD.text_version + 1;
+    ELSE
+        NEW.text_version := OLD.text_version;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER reviews_text_version BEFORE UPDATE ON reviews FOR EACH ROW EXECUTE FUNCTION reviews_text_version();
+
+UPDATE alembic_version SET version_num='0006' WHERE alembic_version.version_num = '0005';
+
+-- Running upgrade 0006 -> 0007
+
+DROP VIEW IF EXISTS flagged_reviews;
+
+ALTER TABLE review_scores ADD COLUMN text_version INTEGER DEFAULT 1 NOT NULL;
+
+ALTER TABLE moderation_queue ADD COLUMN text_version INTEGER DEFAULT 1 NOT NULL;
+
+ALTER TABLE moderation_queue DROP CONSTRAINT ck_moderation_queue_status;
+
+ALTER TABLE moderation_queue ADD CONSTRAINT ck_moderation_queue_status CHECK (status IN ('pending', 'confirmed', 'dismissed', 'expired'));
+
+CREATE VIEW flagged_reviews AS
+SELECT q.review_id, r.product_id, r.text, r.rating,
+       CASE WHEN q.text_version = r.text_version THEN q.score END AS score,
+       q.threshold, q.model_version, q.status, q.flagged_at, q.decided_by, q.decided_at, q.note,
+       r.created_at, r.ingested_at, r.text_version, q.text_version AS scored_text_version
+FROM moderation_queue q
+JOIN reviews r ON r.review_id = q.review_id
+ORDER BY q.flagged_at DESC, q.score DESC;
+
+GRANT SELECT ON flagged_reviews TO moderator;
+
+UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num = '0006';
+
+-- Running upgrade 0007 -> 0008
+
+ALTER TABLE scoring_runs ADD COLUMN triggered_by VARCHAR(250);
+
+UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007';
+
+-- Running upgrade 0008 -> 0009
+
+CREATE TABLE moderation_events (
+    event_id BIGSERIAL NOT NULL, 
+    review_id BIGINT NOT NULL, 
+    event VARCHAR(16) NOT NULL, 
+    status VARCHAR(16) NOT NULL, 
+    previous_status VARCHAR(16), 
+    actor VARCHAR(250) NOT NULL, 
+    at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    score FLOAT, 
+    model_version VARCHAR(128), 
+    threshold FLOAT, 
+    text_version INTEGER, 
+    run_id VARCHAR(250), 
+    note TEXT, 
+    PRIMARY KEY (event_id), 
+    CONSTRAINT ck_moderation_events_event CHECK (event IN ('queued', 're-scored', 'decided', 're-opened', 'expired'))
+);
+
+CREATE INDEX ix_moderation_events_review ON moderation_events (review_id, event_id);
+
+CREATE INDEX ix_moderation_events_at ON moderation_events (at);
+
+INSERT INTO moderation_events (review_id, event, status, previous_status, actor, at, score, model_version,
+                                   threshold, text_version, run_id, note)
+SELECT review_id, 'queued', 'pending', NULL, run_id, flagged_at, score, model_version, threshold, text_version,
+       run_id, NULL
+FROM moderation_queue ORDER BY flagged_at, review_id;
+
+INSERT INTO moderation_events (review_id, event, status, previous_status, actor, at, score, model_version,
+                                   threshold, text_version, run_id, note)
+SELECT review_id, 'decided', status, 'pending', COALESCE(decided_by, 'unknown'), COALESCE(decided_at, flagged_at),
+       score, model_version, threshold, text_version, run_id, note
+FROM moderation_queue WHERE status IN ('confirmed', 'dismissed') ORDER BY decided_at, review_id;
+
+CREATE FUNCTION moderation_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'moderation_events is append-only';
+END
+$$;
+
+CREATE TRIGGER moderation_events_append_only BEFORE UPDATE OR DELETE ON moderation_events FOR EACH ROW EXECUTE FUNCTION moderation_events_append_only();
+
+GRANT SELECT, INSERT ON moderation_events TO moderator, scorer;
+
+GRANT USAGE ON SEQUENCE moderation_events_event_id_seq TO moderator, scorer;
+
+CREATE VIEW moderation_history AS
+SELECT e.event_id, e.at, e.review_id, r.product_id, e.event, e.previous_status, e.status, e.actor,
+       e.score, e.threshold, e.model_version, e.text_version, e.run_id, e.note
+FROM moderation_events e
+LEFT JOIN reviews r ON r.review_id = e.review_id
+ORDER BY e.event_id;
+
+GRANT SELECT ON moderation_history TO moderator, scorer;
+
+UPDATE alembic_version SET version_num='0009' WHERE alembic_version.version_num = '0008';
+

@@ -114,6 +114,11 @@ def test_upgrade_of_a_previous_release_database_keeps_every_row(bare: Engine) ->
     with bare.connect() as conn:
         view = conn.execute(text("SELECT review_id, status, decided_by FROM flagged_reviews ORDER BY review_id"))
         assert [tuple(r) for r in view] == [(7, "pending", None), (8, "confirmed", "kim"), (9, "dismissed", "lee")]
+        history = conn.execute(text("SELECT review_id, event, status, actor FROM moderation_history "
+                                    "ORDER BY review_id, event_id"))
+        assert [tuple(r) for r in history] == [
+            (7, "queued", "pending", "r1"), (8, "queued", "pending", "r1"), (8, "decided", "confirmed", "kim"),
+            (9, "queued", "pending", "r1"), (9, "decided", "dismissed", "lee")]
     assert_schema_is_the_metadata(bare)
 
 
@@ -127,7 +132,7 @@ def assert_schema_is_the_metadata(engine: Engine) -> None:
     """The live schema equals ``db.metadata``: columns, keys, indexes, checks, and the view."""
     inspector = inspect(engine)
     assert sorted(inspector.get_table_names()) == sorted([*db.metadata.tables, "alembic_version"])
-    assert inspector.get_view_names() == ["flagged_reviews"]
+    assert sorted(inspector.get_view_names()) == db.VIEWS
     for table in db.TABLES:
         columns = {c["name"]: c for c in inspector.get_columns(table.name)}
         assert sorted(columns) == sorted(c.name for c in table.columns), table.name
