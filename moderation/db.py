@@ -90,7 +90,6 @@ scoring_runs = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("status", String(16), nullable=False),
     Column("operating_point", String(64), nullable=True),  # named threshold of the card (revision 0003)
-    Column("triggered_by", String(250), nullable=True),  # the latest pass: Airflow run id or cli (revision 0008)
     CheckConstraint("status IN ('running', 'success', 'failed')", name="ck_scoring_runs_status"),
     Index("ix_scoring_runs_interval", "interval_start", "interval_end"),
 )
@@ -139,7 +138,7 @@ review_labels = Table(
     CheckConstraint("source IN ('moderator', 'import', 'rating')", name="ck_review_labels_source"),
 )
 
-#: Append-only history of every queue transition (revision 0009); triggers refuse UPDATE and DELETE.
+#: Append-only history of every queue transition (revision 0008); triggers refuse UPDATE and DELETE.
 moderation_events = Table(
     "moderation_events",
     metadata,

@@ -5,7 +5,7 @@
   version 1, the version every existing review starts at (0006).
 * queue status ``expired``: a pending flag whose review, re-scored, falls
   below the threshold, or a decided one whose text changed and no longer
-  crosses it. The decision stays in the history (moderation_events, 0009).
+  crosses it. The decision stays in the history (moderation_events, 0008).
 * ``flagged_reviews`` shows the score of the text it shows (NULL while an
   edited text awaits its re-score) and both text versions.
 

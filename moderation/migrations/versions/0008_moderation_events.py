@@ -7,8 +7,8 @@ included: a trigger refuses UPDATE and DELETE on both databases, and the roles
 get SELECT and INSERT only. The queue rows already there are written into the
 history as their ``queued`` and (for decided ones) ``decided`` events.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0008
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from alembic import op
 
 from moderation.migrations import views
 
-revision = "0009"
-down_revision = "0008"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
