@@ -33,7 +33,7 @@ from moderation.errors import DatabaseError, DecisionError, InputDataError, Mode
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("pending", "confirmed", "dismissed")
+STATUSES = ("pending", "confirmed", "dismissed", "expired")
 DECISIONS = ("confirmed", "dismissed")
 #: A decision's label: confirmed means negative (1), dismissed positive (0).
 DECISION_LABEL = {"confirmed": 1, "dismissed": 0}
@@ -174,6 +174,7 @@ def decide(engine: Engine, review_ids: Iterable[int], decision: str, by: str, no
         require_tables(conn, db.moderation_queue, db.review_labels)
         _check_queued(conn, ids)
         for part in _chunks(ids):
+            _decided_events(conn, part, decision, by, when, note)  # before the update: the previous status
             conn.execute(db.moderation_queue.update().where(q.review_id.in_(part))
                          .values(status=decision, decided_by=by, decided_at=when, note=note))
         labels = [{"review_id": rid, "label": DECISION_LABEL[decision], "source": "moderator",
@@ -182,6 +183,40 @@ def decide(engine: Engine, review_ids: Iterable[int], decision: str, by: str, no
             _upsert_labels(conn, list(part), only_changed=False)
     log.info("%s %d reviews by %s", decision, len(ids), by)
     return len(ids)
+
+
+def _decided_events(conn: Connection, ids: Sequence[int], decision: str, by: str, when: datetime,
+                    note: str | None) -> None:
+    """One ``decided`` event per queue row, in the decision's transaction (the audit trail)."""
+    q, e = db.moderation_queue.c, db.moderation_events.c
+    rows = select(q.review_id, literal("decided", e.event.type), literal(decision, e.status.type), q.status,
+                  literal(by, e.actor.type), literal(when, e.at.type), q.score, q.model_version, q.threshold,
+                  q.text_version, q.run_id, literal(note, e.note.type)).where(q.review_id.in_(ids))
+    conn.execute(db.moderation_events.insert().from_select(
+        [e.review_id, e.event, e.status, e.previous_status, e.actor, e.at, e.score, e.model_version, e.threshold,
+         e.text_version, e.run_id, e.note], rows))
+
+
+def events(engine: Engine, review_ids: Sequence[int] = (), event: str | None = None,
+           since: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The queue's history (``moderation_events``), oldest first; filtered by review, event and time."""
+    e = db.moderation_events.c
+    query = select(db.moderation_events).order_by(e.event_id)
+    if review_ids:
+        query = query.where(e.review_id.in_(list(review_ids)))
+    if event is not None:
+        query = query.where(e.event == event)
+    if since is not None:
+        query = query.where(e.at >= utc(since))
+    if limit is not None:
+        query = query.order_by(None).order_by(e.event_id.desc()).limit(limit)
+    with db.translate_errors(engine), engine.connect() as conn:
+        require_tables(conn, db.moderation_events)
+        rows = [dict(row) for row in conn.execute(query).mappings()]
+    rows.sort(key=lambda row: row["event_id"])
+    for row in rows:
+        row["at"] = utc(row["at"]).isoformat()
+    return rows
 
 
 def _decision_ids(review_ids: Iterable[int]) -> list[int]:
@@ -231,7 +266,7 @@ def stats(engine: Engine, since: datetime | None = None) -> dict[str, Any]:
     """
     with db.translate_errors(engine), engine.connect() as conn:
         require_tables(conn, db.scoring_runs, db.moderation_queue)
-        runs = [_run_stats(row) for row in conn.execute(_runs_query(since)).mappings()]
+        runs = [_run_stats(row) for row in _one_per_interval(conn.execute(_runs_query(since)).mappings().all())]
     totals = {key: sum(r[key] for r in runs)
               for key in ("reviews_scored", "reviews_flagged", "flagged", "confirmed", "dismissed", "pending")}
     overall = {"runs": len(runs), "reviews_scored": totals["reviews_scored"],
@@ -254,13 +289,38 @@ def _runs_query(since: datetime | None) -> Any:
     per_run = select(q.run_id, *_counts_columns(q)).group_by(q.run_id).subquery()
     query = (
         select(s.run_id, s.interval_start, s.interval_end, s.model_version, s.threshold, s.status,
-               s.reviews_scored, s.reviews_flagged,
+               s.reviews_scored, s.reviews_flagged, s.finished_at,
                *(func.coalesce(per_run.c[name], 0).label(name)
                  for name in ("flagged", "confirmed", "dismissed", "pending")))
         .outerjoin(per_run, per_run.c.run_id == s.run_id)
         .order_by(s.interval_start.desc(), s.run_id)
     )
     return query.where(s.interval_start >= utc(since)) if since is not None else query
+
+
+def _one_per_interval(rows: list[Any]) -> list[dict[str, Any]]:
+    """Runs of the same interval (the CLI's and Airflow's, a re-run) as ONE run: counts summed.
+
+    Work is chosen by state, so a second run of an interval scores only what
+    the first left, and the sum is what the interval's runs did together. The
+    latest run names the model, threshold and status; ``run_ids`` lists them all.
+    """
+    merged: dict[tuple[Any, Any], dict[str, Any]] = {}
+    never = datetime.min.replace(tzinfo=timezone.utc)
+    for row in rows:
+        key = (utc(row["interval_start"]), utc(row["interval_end"]))
+        found = merged.get(key)
+        if found is None:
+            merged[key] = dict(row) | {"run_ids": [row["run_id"]]}
+            continue
+        found["run_ids"].append(row["run_id"])
+        for name in ("reviews_scored", "reviews_flagged", "flagged", "confirmed", "dismissed", "pending"):
+            found[name] = int(found[name]) + int(row[name])
+        finished = _read_time(row["finished_at"]) or never
+        if finished >= (_read_time(found["finished_at"]) or never):
+            found.update(run_id=row["run_id"], model_version=row["model_version"], threshold=row["threshold"],
+                         status=row["status"], finished_at=row["finished_at"])
+    return list(merged.values())
 
 
 def _decision_counts(row: Any) -> dict[str, Any]:
@@ -272,7 +332,8 @@ def _decision_counts(row: Any) -> dict[str, Any]:
 
 def _run_stats(row: Any) -> dict[str, Any]:
     scored, flagged_count = int(row["reviews_scored"]), int(row["reviews_flagged"])
-    return {"run_id": row["run_id"], "interval_start": utc(row["interval_start"]).isoformat(),
+    return {"run_id": row["run_id"], "run_ids": sorted(row["run_ids"]),
+            "interval_start": utc(row["interval_start"]).isoformat(),
             "interval_end": utc(row["interval_end"]).isoformat(), "model_version": row["model_version"],
             "threshold": float(row["threshold"]), "status": row["status"], "reviews_scored": scored,
             "reviews_flagged": flagged_count, "flag_rate": flagged_count / scored if scored else None,

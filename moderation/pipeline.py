@@ -592,12 +592,13 @@ def _recent_flag_rates(conn: Any, exclude_run: str) -> list[float]:
 
 def run_nightly(db_url: str | None, start: datetime, end: datetime, run_id: str | None = None,
                 chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
-                work_dir: Path | None = None) -> dict[str, Any]:
-    """The whole nightly job without Airflow: plan, score every chunk, publish."""
+                work_dir: Path | None = None, max_reviews: int = MAX_REVIEWS_PER_RUN) -> dict[str, Any]:
+    """The whole nightly job without Airflow: plan, score every chunk, publish (chunk files removed after)."""
     from moderation.scoring import load_scorer
 
+    start, end = as_utc(start), as_utc(end)  # one interval, one label, whatever zone it was given in
     run_id = run_id or f"cli__{start.isoformat()}__{end.isoformat()}"
-    plan = plan_run(db_url, run_id, start, end, chunk_size, threshold)
+    plan = plan_run(db_url, run_id, start, end, chunk_size, threshold, max_reviews=max_reviews)
     out_dir = work_dir or run_dir(run_id)
     results = []
     if plan.chunks:

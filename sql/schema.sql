@@ -236,12 +236,6 @@ UPDATE alembic_version SET version_num='0007' WHERE alembic_version.version_num 
 
 -- Running upgrade 0007 -> 0008
 
-ALTER TABLE scoring_runs ADD COLUMN triggered_by VARCHAR(250);
-
-UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007';
-
--- Running upgrade 0008 -> 0009
-
 CREATE TABLE moderation_events (
     event_id BIGSERIAL NOT NULL, 
     review_id BIGINT NOT NULL, 
@@ -297,5 +291,5 @@ ORDER BY e.event_id;
 
 GRANT SELECT ON moderation_history TO moderator, scorer;
 
-UPDATE alembic_version SET version_num='0009' WHERE alembic_version.version_num = '0008';
+UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007';
 
