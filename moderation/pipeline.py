@@ -295,7 +295,12 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
     started = time.perf_counter()
     with db.translate_errors(engine), engine.begin() as conn:
         _lock_interval(conn, plan)
-        conn.execute(db.scoring_runs.delete().where(db.scoring_runs.c.run_id == plan.run_id))
+        # A run re-planned with nothing left to do (all scored by its first publish) keeps that publish's record;
+        # otherwise a retried run replaces its row.
+        keep_record = not plan.chunks and conn.execute(
+            select(db.scoring_runs.c.run_id).where(db.scoring_runs.c.run_id == plan.run_id)).first() is not None
+        if not keep_record:
+            conn.execute(db.scoring_runs.delete().where(db.scoring_runs.c.run_id == plan.run_id))
         _create_staging(conn)
         for result in sorted(chunk_results, key=lambda r: r["index"]):
             chunk = _read_chunk(plan, Path(result["path"]))
@@ -309,14 +314,15 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
         moves = _move_queue(conn, plan, now)
         _drop_staging(conn)
         rate = flagged / scored if scored else 0.0
-        conn.execute(db.scoring_runs.insert().values(
-            run_id=plan.run_id, interval_start=datetime.fromisoformat(plan.interval_start),
-            interval_end=datetime.fromisoformat(plan.interval_end), model_version=model.version,
-            threshold=model.threshold, reviews_read=read, reviews_scored=scored,
-            reviews_skipped=sum(skipped.values()), reviews_flagged=flagged,
-            skip_reasons=json.dumps(dict(skipped), sort_keys=True), started_at=now,
-            finished_at=datetime.now(timezone.utc), status="success",
-        ))
+        if not keep_record:
+            conn.execute(db.scoring_runs.insert().values(
+                run_id=plan.run_id, interval_start=datetime.fromisoformat(plan.interval_start),
+                interval_end=datetime.fromisoformat(plan.interval_end), model_version=model.version,
+                threshold=model.threshold, reviews_read=read, reviews_scored=scored,
+                reviews_skipped=sum(skipped.values()), reviews_flagged=flagged,
+                skip_reasons=json.dumps(dict(skipped), sort_keys=True), started_at=now,
+                finished_at=datetime.now(timezone.utc), status="success",
+            ))
         recent = _recent_flag_rates(conn, plan.run_id)
     engine.dispose()
     if remove_chunks:
@@ -385,6 +391,8 @@ def _remove_chunk_files(chunk_results: list[dict[str, Any]]) -> None:
         path.unlink(missing_ok=True)
         folders.add(path.parent)
     for folder in folders:
+        for leftover in folder.glob("chunk-*.parquet.partial"):  # a killed attempt's, replaced by its retry
+            leftover.unlink(missing_ok=True)
         try:
             folder.rmdir()
         except OSError:
