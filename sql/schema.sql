@@ -293,3 +293,19 @@ GRANT SELECT ON moderation_history TO moderator, scorer;
 
 UPDATE alembic_version SET version_num='0008' WHERE alembic_version.version_num = '0007';
 
+-- Running upgrade 0008 -> 0009
+
+GRANT UPDATE (status, score, model_version, threshold, text_version, run_id, flagged_at, decided_by, decided_at, note) ON moderation_queue TO scorer;
+
+ALTER TABLE moderation_queue ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY moderation_queue_read ON moderation_queue FOR SELECT TO moderator, scorer USING (true);
+
+CREATE POLICY moderation_queue_moderator_decides ON moderation_queue FOR UPDATE TO moderator USING (true) WITH CHECK (true);
+
+CREATE POLICY moderation_queue_scorer_queues ON moderation_queue FOR INSERT TO scorer WITH CHECK (status = 'pending' AND decided_by IS NULL AND decided_at IS NULL);
+
+CREATE POLICY moderation_queue_scorer_moves ON moderation_queue FOR UPDATE TO scorer USING (true) WITH CHECK (status = 'expired' OR (status = 'pending' AND decided_by IS NULL AND decided_at IS NULL AND note IS NULL));
+
+UPDATE alembic_version SET version_num='0009' WHERE alembic_version.version_num = '0008';
+
