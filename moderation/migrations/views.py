@@ -24,8 +24,14 @@ ORDER BY q.flagged_at DESC, q.score DESC
 """
 
 
-def drop_view(name: str) -> None:
-    op.execute(f"DROP VIEW IF EXISTS {name}")
+#: Statements, not names to format: every SQL text of the package is a literal.
+DROP_FLAGGED = "DROP VIEW IF EXISTS flagged_reviews"
+DROP_HISTORY = "DROP VIEW IF EXISTS moderation_history"
+
+
+def drop_view(statement: str) -> None:
+    """Run one of the DROP statements above."""
+    op.execute(statement)
 
 
 def create_view(sql: str, grants: list[str]) -> None:

@@ -58,8 +58,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP TRIGGER reviews_text_version" + (" ON reviews" if op.get_context().dialect.name == "postgresql" else ""))
     if op.get_context().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER reviews_text_version ON reviews")
         op.execute("DROP FUNCTION reviews_text_version()")
+    else:
+        op.execute("DROP TRIGGER reviews_text_version")
     with op.batch_alter_table("reviews") as batch:
         batch.drop_column("text_version")

@@ -27,7 +27,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    views.drop_view("flagged_reviews")  # SQLite batch mode rebuilds moderation_queue below
+    views.drop_view(views.DROP_FLAGGED)  # SQLite batch mode rebuilds moderation_queue below
     op.add_column("review_scores",
                   sa.Column("text_version", sa.Integer, nullable=False, server_default=sa.text("1")))
     op.add_column("moderation_queue",

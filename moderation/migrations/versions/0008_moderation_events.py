@@ -97,7 +97,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    views.drop_view("moderation_history")
+    views.drop_view(views.DROP_HISTORY)
     op.drop_table("moderation_events")
     if op.get_context().dialect.name == "postgresql":
         op.execute("DROP FUNCTION moderation_events_append_only()")
