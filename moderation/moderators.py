@@ -116,7 +116,8 @@ def flagged(engine: Engine, status: str | None = None, since: datetime | None = 
     """Queued reviews with their text, newest flag first, then highest score.
 
     ``since`` is inclusive and ``until`` exclusive, on the time the review
-    was flagged; ``limit=None`` returns every match.
+    was flagged; ``limit=None`` returns every match. ``score`` is the score of
+    the text shown: None while an edited text waits for the next run's score.
     """
     if status is not None and status not in STATUSES:
         raise InputDataError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
@@ -124,7 +125,8 @@ def flagged(engine: Engine, status: str | None = None, since: datetime | None = 
         raise InputDataError(f"limit must be at least 1, not {limit}")
     q, r = db.moderation_queue.c, db.reviews.c
     query = (
-        select(q.review_id, r.product_id, q.score, q.threshold, q.status, q.flagged_at, q.model_version,
+        select(q.review_id, r.product_id, case((q.text_version == r.text_version, q.score), else_=None).label("score"),
+               q.threshold, q.status, q.flagged_at, q.model_version,
                q.run_id, q.decided_by, q.decided_at, q.note, r.rating, r.text, r.created_at)
         .join_from(db.moderation_queue, db.reviews, q.review_id == r.review_id)
         .order_by(q.flagged_at.desc(), q.score.desc(), q.review_id)

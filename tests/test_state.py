@@ -148,6 +148,8 @@ def test_edited_reviews_are_rescored_requeued_or_expired_with_their_history(engi
         shown = dict(conn.execute(text("SELECT review_id, score FROM flagged_reviews")).tuples().all())
     assert versions == {1: 2, 2: 2, 3: 2, 4: 1}  # kept by the database for a plain UPDATE
     assert [shown[i] is None for i in (1, 2, 3, 4)] == [True, True, True, False]  # no old score beside new text
+    listed = {row["review_id"]: row["score"] for row in moderators.flagged(engine, limit=None)}
+    assert [listed[i] is None for i in (1, 2, 3, 4)] == [True, True, True, False]  # `moderation flagged` too
 
     summary = night(any_db_url, 2)
     assert summary["reviews_read"] == 3

@@ -326,7 +326,7 @@ def flagged_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no flagged reviews match"
     headers = ["review_id", "score", "status", "flagged_at (UTC)", "product", "text"]
-    cells = [[str(r["review_id"]), f"{r['score']:.4f}", r["status"], r["flagged_at"].strftime("%Y-%m-%d %H:%M"),
+    cells = [[str(r["review_id"]), "edited" if r["score"] is None else f"{r['score']:.4f}", r["status"], r["flagged_at"].strftime("%Y-%m-%d %H:%M"),
               str(r["product_id"]), truncate(one_line(r["text"] or ""), TEXT_WIDTH)] for r in rows]
     return render_table(headers, cells, right={0, 1, 4})
 
