@@ -134,6 +134,7 @@ review_labels = Table(
     Column("source", String(16), primary_key=True),
     Column("labelled_at", DateTime(timezone=True), nullable=False),
     Column("labelled_by", String(128), nullable=True),
+    Column("text_version", Integer, nullable=True),  # the text a moderator judged; NULL: any (revision 0010)
     CheckConstraint("label IN (0, 1)", name="ck_review_labels_label"),
     CheckConstraint("source IN ('moderator', 'import', 'rating')", name="ck_review_labels_source"),
 )

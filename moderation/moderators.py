@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, Table, case, func, inspect, literal, select
+from sqlalchemy import Connection, Engine, Table, case, func, inspect, literal, or_, select
 
 from moderation import db
 from moderation.errors import DatabaseError, DecisionError, InputDataError, ModelBundleError
@@ -99,9 +99,12 @@ def _upsert_labels(conn: Connection, rows: list[dict[str, Any]], only_changed: b
         return
     insert = _insert_for(conn)(db.review_labels)
     excluded = insert.excluded
+    columns = {"label": excluded.label, "labelled_at": excluded.labelled_at, "labelled_by": excluded.labelled_by}
+    if "text_version" in rows[0]:
+        columns["text_version"] = excluded.text_version
     statement = insert.on_conflict_do_update(
         index_elements=[db.review_labels.c.review_id, db.review_labels.c.source],
-        set_={"label": excluded.label, "labelled_at": excluded.labelled_at, "labelled_by": excluded.labelled_by},
+        set_=columns,
         where=(db.review_labels.c.label != excluded.label) if only_changed else None,
     )
     conn.execute(statement, rows)
@@ -179,8 +182,12 @@ def decide(engine: Engine, review_ids: Iterable[int], decision: str, by: str, no
             _decided_events(conn, part, decision, by, when, note)  # before the update: the previous status
             conn.execute(db.moderation_queue.update().where(q.review_id.in_(part))
                          .values(status=decision, decided_by=by, decided_at=when, note=note))
+        versions: dict[int, int] = {}
+        for part in _chunks(ids):  # the text the moderator judged: its label must not follow a later edit
+            versions.update(conn.execute(select(db.reviews.c.review_id, db.reviews.c.text_version)
+                                         .where(db.reviews.c.review_id.in_(part))).tuples().all())
         labels = [{"review_id": rid, "label": DECISION_LABEL[decision], "source": "moderator",
-                   "labelled_at": when, "labelled_by": by} for rid in ids]
+                   "labelled_at": when, "labelled_by": by, "text_version": versions[rid]} for rid in ids]
         for part in _chunks(labels):
             _upsert_labels(conn, list(part), only_changed=False)
     log.info("%s %d reviews by %s", decision, len(ids), by)
@@ -611,6 +618,8 @@ def _check_scale(conn: Connection, scale: int) -> None:
 def labelled_snapshot(engine: Engine, include_rating: bool = False) -> pd.DataFrame:
     """One label per review for retraining: moderator over import over rating.
 
+    A moderator's label whose review was edited after the decision is left
+    out (it judged another text); an import or rating label may then stand.
     Columns ``review_id``, ``text``, ``label`` (1 = negative), ``source``,
     ``product_id``, ordered by review id; reviews without text are left
     out (nothing to learn from them).
@@ -621,7 +630,8 @@ def labelled_snapshot(engine: Engine, include_rating: bool = False) -> pd.DataFr
     ranked = (
         select(lab.review_id, lab.label, lab.source,
                func.row_number().over(partition_by=lab.review_id, order_by=rank).label("n"))
-        .where(lab.source.in_(sources))
+        .join_from(db.review_labels, db.reviews, lab.review_id == r.review_id)
+        .where(lab.source.in_(sources), or_(lab.text_version.is_(None), lab.text_version == r.text_version))
         .subquery()
     )
     query = (

@@ -309,3 +309,13 @@ CREATE POLICY moderation_queue_scorer_moves ON moderation_queue FOR UPDATE TO sc
 
 UPDATE alembic_version SET version_num='0009' WHERE alembic_version.version_num = '0008';
 
+-- Running upgrade 0009 -> 0010
+
+ALTER TABLE review_labels ADD COLUMN text_version INTEGER;
+
+UPDATE review_labels SET text_version = 1 WHERE source = 'moderator';
+
+GRANT UPDATE (text_version) ON review_labels TO moderator;
+
+UPDATE alembic_version SET version_num='0010' WHERE alembic_version.version_num = '0009';
+

@@ -159,6 +159,8 @@ def test_edited_reviews_are_rescored_requeued_or_expired_with_their_history(engi
     assert history(engine, 1) == [("queued", "pending"), ("re-scored", "pending")]
     assert history(engine, 2) == [("queued", "pending"), ("decided", "confirmed"), ("re-opened", "pending")]
     assert moderators.events(engine, [2])[-1]["note"] == "confirmed by kim"
+    # Retraining does not pair kim's and lee's labels with texts they never judged.
+    assert set(moderators.labelled_snapshot(engine)["review_id"]) == set()
     assert history(engine, 3) == [("queued", "pending"), ("decided", "dismissed"), ("re-opened", "pending")]
     with engine.connect() as conn:
         shown = dict(conn.execute(text("SELECT review_id, score FROM flagged_reviews")).tuples().all())
@@ -167,6 +169,7 @@ def test_edited_reviews_are_rescored_requeued_or_expired_with_their_history(engi
 
     # Edited again into something no score reaches: flags expire instead of lingering.
     moderators.decide(engine, [3], "dismissed", by="lee")
+    assert list(moderators.labelled_snapshot(engine)["review_id"]) == [3]  # judged on its current text
     edit(engine, [1, 3], "정말 좋아요 또 살게요")
     summary = night(any_db_url, 3, threshold=NOTHING)
     assert summary["queue_changes"]["expired"] == 2
