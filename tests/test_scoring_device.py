@@ -48,7 +48,9 @@ def bundle(tiny_model_dir: Path) -> Any:
 
 
 def cpu_plan(**changes: Any) -> ScoringPlan:
-    return dataclasses.replace(plan_scoring("tensorflow", (), {}, cpus=2), **changes)
+    import keras
+
+    return dataclasses.replace(plan_scoring(keras.backend.backend(), (), {}, cpus=2), **changes)
 
 
 # ----------------------------------------------------------------------------- the plan, a pure function
@@ -171,9 +173,13 @@ def test_prefetched_slices_give_the_scores_of_the_plain_path(bundle: Any, sample
 
 
 def test_the_gpu_plan_scores_on_the_keras_layers_with_one_worker(bundle: Any) -> None:
-    plan = plan_scoring("tensorflow", ONE_GPU, {BATCH_ROWS_ENV: "32", BATCH_CHARS_ENV: "2048"}, cpus=2)
-    scorer = Scorer(bundle, plan=plan)  # the GPU plan; on this machine TensorFlow runs it on the CPU
-    assert scorer.forward_kind == "Keras layers" and scorer.workers == 1
+    import keras
+
+    backend = keras.backend.backend()
+    plan = plan_scoring(backend, ONE_GPU, {BATCH_ROWS_ENV: "32", BATCH_CHARS_ENV: "2048"}, cpus=2)
+    scorer = Scorer(bundle, plan=plan)  # the GPU plan; on this machine the backend runs it on the CPU
+    expected = "Keras layers" if backend == "tensorflow" else "Keras predict_on_batch"
+    assert scorer.forward_kind == expected and scorer.workers == 1
     assert (scorer.batch_size, scorer.max_batch_chars) == (32, 2048)
     texts = ["정말 최고의 상품입니다", "별로", "", "배송이 늦고 포장이 엉망이라 다시는 안 삽니다 ㅠㅠ"] * 50
     ours = scorer.score_texts(texts).score
