@@ -34,7 +34,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     score.add_argument("input", type=Path)
     score.add_argument("output", type=Path, help="output .parquet or .csv (by extension)")
     score.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
-    score.add_argument("--batch-size", type=int, default=1024)
+    score.add_argument("--batch-size", type=int, default=None,
+                       help="rows per batch (default: 1024 on CPU, 8192 on a GPU; see MODERATION_SCORING_BATCH_ROWS)")
     score.add_argument("--threshold", type=float, default=None, help="override the card's decision threshold")
     score.set_defaults(handler=_score_file)
 
