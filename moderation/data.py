@@ -31,6 +31,8 @@ TEXT_COLUMN = "text"
 def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
     """Read Parquet, CSV or TSV into a DataFrame; format by extension."""
     path = Path(path)
+    if path.is_dir():
+        raise InputDataError(f"{path} is a directory, not a review file")
     if not path.is_file():
         raise InputDataError(f"input file not found: {path}")
     suffix = path.suffix.lower()
@@ -40,28 +42,61 @@ def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFra
         if suffix in {".tsv", ".txt"}:
             return _read_tsv(path)
         if suffix == ".csv":
-            return pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[])
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+            # Invalid UTF-8 is repaired (U+FFFD), as `reviews import` does; a BOM is dropped.
+            return pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
+                               encoding="utf-8-sig", encoding_errors="replace")
+    except pd.errors.ParserError as exc:
+        raise InputDataError(f"cannot read {path}: {_parser_hint(path, exc)}") from None
+    except (OSError, ValueError) as exc:
         raise InputDataError(f"cannot read {path}: {exc}") from None
     raise InputDataError(f"unsupported file type {suffix!r} for {path}: use .parquet, .csv or .tsv")
 
 
+def _parser_hint(path: Path, exc: Exception) -> str:
+    """pandas' parser message, with the likely cause when the file is not comma-separated."""
+    message = " ".join(str(exc).split())
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        header = handle.readline()
+    if path.suffix.lower() == ".csv" and "," not in header:
+        for name, sep in (("semicolon", ";"), ("tab", "\t"), ("pipe", "|")):
+            if sep in header:
+                return (f"{message}; its header is {name}-separated, but .csv must be comma-separated "
+                        f"(save it with commas, or tab-separated as .tsv)")
+    return f"{message} (a field with the separator or a line break must be quoted)"
+
+
 def _read_tsv(path: Path) -> pd.DataFrame:
     with path.open(encoding="utf-8", errors="replace") as handle:
-        first = handle.readline().rstrip("\n").split("\t")
+        first = handle.readline().lstrip("\ufeff").rstrip("\n").split("\t")
+    options = {"encoding": "utf-8-sig", "encoding_errors": "replace", "keep_default_na": False}
     if first[:3] == ["id", "document", "label"]:
-        frame = pd.read_csv(path, sep="\t", quoting=3, dtype={"document": "string"}, keep_default_na=False)
+        frame = pd.read_csv(path, sep="\t", quoting=3, dtype={"document": "string"}, **options)
         frame = frame.rename(columns={"document": TEXT_COLUMN, "id": "review_id"})
         frame["label"] = 1 - frame["label"].astype(int)  # NSMC: 1 = positive
         return frame
     if len(first) == 2 and first[0].strip().isdigit():
-        frame = pd.read_csv(
-            path, sep="\t", quoting=3, header=None, names=["rating", TEXT_COLUMN],
-            dtype={TEXT_COLUMN: "string"}, keep_default_na=False,
-        )
+        frame = pd.read_csv(path, sep="\t", quoting=3, header=None, names=["rating", TEXT_COLUMN],
+                            dtype={TEXT_COLUMN: "string"}, **options)
         frame.attrs["rating_scale"] = 5
         return frame
-    return pd.read_csv(path, sep="\t", quoting=3, dtype={TEXT_COLUMN: "string"}, keep_default_na=False)
+    return pd.read_csv(path, sep="\t", quoting=3, dtype={TEXT_COLUMN: "string"}, **options)
+
+
+#: A text that is only a number: a review column holding ids or ratings by mistake.
+NUMBER_ONLY = r"^\s*[+-]?\d+(?:[.,]\d+)?\s*$"
+
+
+def require_text_column(frame: pd.DataFrame, source: str) -> None:
+    """The text column exists and holds texts, not numbers (a wrong column mapped to ``text``)."""
+    require_columns(frame, [TEXT_COLUMN], source)
+    column = frame[TEXT_COLUMN]
+    if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+        raise InputDataError(f"{source}: column text holds numbers ({column.dtype}), not review texts")
+    present = column.dropna().astype("string")
+    present = present[present.str.strip() != ""]
+    if len(present) and bool(present.str.match(NUMBER_ONLY).all()):
+        raise InputDataError(f"{source}: every value of column text is a number (e.g. {present.iloc[0]!r}): "
+                             f"is it the right column?")
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
@@ -92,7 +127,7 @@ def load_labelled(path: Path | str, rating_scale: int | None = None) -> pd.DataF
     together: the item when known, else the row).
     """
     frame = read_table(path)
-    require_columns(frame, [TEXT_COLUMN], str(path))
+    require_text_column(frame, str(path))
     if "label" in frame.columns:
         labels = pd.to_numeric(frame["label"], errors="coerce").astype("Int8")
     elif "rating" in frame.columns:

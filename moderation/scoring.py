@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from moderation.model import ModelBundle, load_bundle
+from moderation.progress import Progress
 from moderation.text import clean_texts, skip_reasons
 from moderation.vocab import EncodedTexts
 
@@ -129,34 +130,41 @@ class Scorer:
         self.forward_kind = forward.kind
         self.workers = (workers or default_workers()) if forward.thread_safe else 1
 
-    def score_texts(self, texts: Iterable[str | None] | pd.Series) -> Scores:
+    def score_texts(self, texts: Iterable[str | None] | pd.Series, progress: Progress | None = None) -> Scores:
+        """Scores in input order; ``progress`` advances by each finished batch's rows (skipped rows at once)."""
         raw = texts if isinstance(texts, pd.Series) else pd.Series(list(texts), dtype=object)
         raw = raw.reset_index(drop=True)
         cleaned = clean_texts(raw)
         reasons = skip_reasons(raw, cleaned)
         scorable = reasons.isna().to_numpy()
         scores = np.full(len(raw), np.nan, dtype=np.float64)
+        if progress is not None and (~scorable).any():
+            progress.advance(int((~scorable).sum()))
         if scorable.any():
             encoded = self.bundle.vocab.encode(cleaned[scorable].tolist(), self.bundle.card.max_len)
-            scores[scorable] = self.predict_encoded(encoded)
+            scores[scorable] = self.predict_encoded(encoded, progress)
         flagged = np.where(scorable, scores >= self.threshold, False)
         return Scores(score=scores, skip_reason=reasons, flagged=flagged)
 
-    def predict_encoded(self, encoded: EncodedTexts) -> np.ndarray:
+    def predict_encoded(self, encoded: EncodedTexts, progress: Progress | None = None) -> np.ndarray:
         """Scores of encoded rows in their original order; batches run ``workers`` at a time."""
         out = np.empty(len(encoded), dtype=np.float64)
         batches = length_sorted_batches(encoded.lengths, self.batch_size, self.max_batch_chars)
 
-        def score(rows: np.ndarray) -> None:
+        def score(rows: np.ndarray) -> int:
             out[rows] = self._predict(encoded.padded(rows))
+            return len(rows)
 
         if self.workers == 1 or len(batches) == 1:
             for rows in batches:
-                score(rows)
+                done = score(rows)
+                if progress is not None:
+                    progress.advance(done)
         else:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="scorer") as pool:
-                for done in pool.map(score, batches):
-                    del done  # map re-raises a worker's error here
+                for done in pool.map(score, batches):  # map re-raises a worker's error here
+                    if progress is not None:
+                        progress.advance(done)
         return out
 
 

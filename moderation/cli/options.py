@@ -1,15 +1,34 @@
-"""Argument types and options shared by the command groups."""
+"""Argument types and options shared by the command groups.
+
+Every numeric and path argument is checked here, at the edge, so a bad
+value is refused in one line before any file is read or model loaded.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 
 
 def db_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=None, metavar="URL",
+    parser.add_argument("--db", default=None, type=db_url, metavar="URL",
                         help="database URL (default: $MODERATION_DB_URL, else the embedded SQLite file)")
+
+
+def progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", action="store_true",
+                        help="report progress on stderr even when it is not a terminal")
+
+
+def db_url(value: str) -> str:
+    """A non-empty URL: an empty ``--db ''`` is a mistake, not a request for the default."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty: give a URL such as sqlite:///var/reviews.db, "
+                                         "or leave --db out for the default")
+    return value.strip()
 
 
 def parse_time(value: str) -> datetime:
@@ -34,3 +53,57 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return number
 
     return parse
+
+
+def _finite(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {value}")
+    return number
+
+
+def threshold(value: str) -> float:
+    """A decision threshold: a score in (0, 1); 0 would flag every review, 1 none."""
+    number = _finite(value)
+    if not 0.0 < number < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {value}")
+    return number
+
+
+def score(value: str) -> float:
+    """A score bound in [0, 1]."""
+    number = _finite(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {value}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """A finite number above zero (a learning rate)."""
+    number = _finite(value)
+    if number <= 0.0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
+    return number
+
+
+def input_file(value: str) -> Path:
+    """An existing regular file."""
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a directory, not a file")
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"input file not found: {value}")
+    return path
+
+
+def output_file(value: str) -> Path:
+    """A path we may write a file to: not a directory, not empty."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty: give a file name")
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a directory: give a file name")
+    return path
