@@ -26,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "import", help="upsert a review file (corpus Parquet, CSV/TSV, NSMC or Naver shopping TSV)",
         description="Upsert reviews on review_id: importing a file again changes nothing. Broken rows are "
                     "reported with their line number and skipped; the rest load in one transaction.")
-    load.add_argument("file", type=input_file, metavar="FILE", help=".parquet, .csv, .tsv or .txt")
+    load.add_argument("file", type=Path, metavar="FILE", help=".parquet, .csv, .tsv or .txt")
     db_option(load)
     load.add_argument("--spread-days", type=int_at_least(1), default=None, metavar="N",
                       help="spread ingested_at over the last N days (demo history) instead of now")
@@ -74,6 +74,7 @@ def _reviews_import(args: argparse.Namespace) -> int:
 
     from moderation.progress import wanted
 
+    input_file(args.file)
     engine = db.make_engine(args.db)
     try:
         report = import_reviews(engine, args.file, spread_days=args.spread_days, progress=wanted(args.progress))

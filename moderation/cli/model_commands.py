@@ -19,7 +19,7 @@ from moderation.progress import progress, wanted
 
 def register(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model directory from a labelled file")
-    train.add_argument("--data", required=True, type=input_file, help="Parquet/CSV/TSV with text and rating or label")
+    train.add_argument("--data", required=True, type=Path, help="Parquet/CSV/TSV with text and rating or label")
     train.add_argument("--out", required=True, type=Path,
                        help="new model directory to write, e.g. models/NAME (its name is the version)")
     train.add_argument("--replace", action="store_true",
@@ -38,14 +38,14 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a labelled file")
     evaluate.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
-    evaluate.add_argument("--data", required=True, type=input_file)
+    evaluate.add_argument("--data", required=True, type=Path)
     evaluate.add_argument("--balanced", action="store_true", help="down-sample to equal classes first")
     progress_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     score = commands.add_parser("score-file", help="score a Parquet/CSV/TSV file with a text column")
-    score.add_argument("input", type=input_file)
-    score.add_argument("output", type=output_file, help="output .parquet or .csv (by extension)")
+    score.add_argument("input", type=Path)
+    score.add_argument("output", type=Path, help="output .parquet or .csv (by extension)")
     score.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
     score.add_argument("--batch-size", type=int_at_least(1), default=1024)
     score.add_argument("--threshold", type=threshold, default=None,
@@ -66,6 +66,7 @@ def _model_dir(path: Path | None) -> Path:
 
 
 def _train(args: argparse.Namespace) -> int:
+    input_file(args.data)
     _check_train_out(args.out, args.replace, args.db)
     from moderation.training import TrainingConfig, train_from_file
 
@@ -133,7 +134,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from moderation.scoring import load_scorer
     from moderation.training import evaluate_frame
 
-    frame = load_labelled(args.data)
+    frame = load_labelled(input_file(args.data))
     if args.balanced:
         frame = balance_classes(frame)
     scorer = load_scorer(_model_dir(args.model))
@@ -150,12 +151,12 @@ def _score_file(args: argparse.Namespace) -> int:
     from moderation.data import TEXT_COLUMN, read_table, require_text_column
     from moderation.scoring import load_scorer
 
-    if args.output.suffix.lower() not in {".parquet", ".csv"}:
-        raise InputDataError(f"output must end in .parquet or .csv, not {args.output.name}")
+    input_file(args.input)
     if args.output.resolve() == args.input.resolve():
         raise InputDataError(f"output {args.output} is the input file: give another name")
-    if args.output.exists() and not args.force:
-        raise InputDataError(f"output {args.output} exists: give another name, or --force to overwrite it")
+    if args.output.suffix.lower() not in {".parquet", ".csv"}:
+        raise InputDataError(f"output must end in .parquet or .csv, not {args.output.name}")
+    output_file(args.output, args.force)
     frame = read_table(args.input)
     require_text_column(frame, str(args.input))
     scorer = load_scorer(_model_dir(args.model), batch_size=args.batch_size, threshold=args.threshold)

@@ -61,7 +61,7 @@ def _register_flagged(commands: argparse._SubParsersAction) -> None:
                              f"or as csv/json)")
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="default: from the --output extension (.csv, .json, .parquet), else table")
-    parser.add_argument("--output", type=output_file, default=None, metavar="FILE",
+    parser.add_argument("--output", type=Path, default=None, metavar="FILE",
                         help="write here instead of stdout")
     parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     db_option(parser)
@@ -97,7 +97,7 @@ def _register_labels(commands: argparse._SubParsersAction) -> None:
     load = sub.add_parser("import", help="upsert labels from a file with review_id and label columns",
                           description="label: 1 or 'negative', 0 or 'positive'. Bad rows are reported "
                                       "with their number; the rest load in one transaction.")
-    load.add_argument("file", type=input_file, metavar="FILE", help=".parquet, .csv or .tsv")
+    load.add_argument("file", type=Path, metavar="FILE", help=".parquet, .csv or .tsv")
     db_option(load)
     load.set_defaults(handler=_labels_import)
     ratings = sub.add_parser("from-ratings", help="weak labels from the stored star ratings")
@@ -159,8 +159,8 @@ def _flagged(args: argparse.Namespace) -> int:
         raise InputDataError("--format parquet writes a file: give --output FILE")
     if args.since is not None and args.until is not None and args.until <= args.since:
         raise InputDataError(f"--until {args.until.isoformat()} must be after --since {args.since.isoformat()}")
-    if args.output is not None and args.output.exists() and not args.force:
-        raise InputDataError(f"--output {args.output} exists: give another name, or --force to overwrite it")
+    if args.output is not None:
+        output_file(args.output, args.force, "--output")
     limit = args.limit
     if limit is None:  # the screen gets a page; a file or a machine format gets everything
         limit = TABLE_LIMIT if args.format == "table" and args.output is None else 0
@@ -211,6 +211,7 @@ def _stats(args: argparse.Namespace) -> int:
 def _labels_import(args: argparse.Namespace) -> int:
     from moderation.moderators import import_labels
 
+    input_file(args.file)
     with _engine(args) as engine:
         report = import_labels(engine, args.file)
     if report.rows_read and report.rejected == report.rows_read:

@@ -89,21 +89,23 @@ def positive_float(value: str) -> float:
     return number
 
 
-def input_file(value: str) -> Path:
-    """An existing regular file."""
-    path = Path(value)
+def input_file(path: Path, what: str = "input file") -> Path:
+    """An existing regular file, else a one-line error saying what is wrong with it."""
+    from moderation.errors import InputDataError
+
     if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{value} is a directory, not a file")
+        raise InputDataError(f"{path} is a directory, not a file")
     if not path.exists():
-        raise argparse.ArgumentTypeError(f"input file not found: {value}")
+        raise InputDataError(f"{what} not found: {path}")
     return path
 
 
-def output_file(value: str) -> Path:
-    """A path we may write a file to: not a directory, not empty."""
-    if not value.strip():
-        raise argparse.ArgumentTypeError("is empty: give a file name")
-    path = Path(value)
+def output_file(path: Path, force: bool = False, option: str = "output") -> Path:
+    """A path a command may write: not a directory, not an existing file unless ``force``."""
+    from moderation.errors import InputDataError
+
     if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{value} is a directory: give a file name")
+        raise InputDataError(f"{option} {path} is a directory: give a file name")
+    if path.exists() and not force:
+        raise InputDataError(f"{option} {path} exists: give another name, or --force to overwrite it")
     return path
