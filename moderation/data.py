@@ -43,8 +43,13 @@ def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFra
             return _read_tsv(path)
         if suffix == ".csv":
             # Invalid UTF-8 is repaired (U+FFFD), as `reviews import` does; a BOM is dropped.
-            return pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
-                               encoding="utf-8-sig", encoding_errors="replace")
+            frame = pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
+                                encoding="utf-8-sig", encoding_errors="replace")
+            if len(frame.columns) == 1 and TEXT_COLUMN not in frame.columns:
+                hint = _separator_hint(path)
+                if hint:
+                    raise InputDataError(f"cannot read {path}: {hint}")
+            return frame
     except pd.errors.ParserError as exc:
         raise InputDataError(f"cannot read {path}: {_parser_hint(path, exc)}") from None
     except (OSError, ValueError) as exc:
@@ -55,14 +60,20 @@ def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFra
 def _parser_hint(path: Path, exc: Exception) -> str:
     """pandas' parser message, with the likely cause when the file is not comma-separated."""
     message = " ".join(str(exc).split())
+    hint = _separator_hint(path)
+    return f"{message}; {hint}" if hint else f"{message} (a field with a comma or a line break must be quoted)"
+
+
+def _separator_hint(path: Path) -> str | None:
+    """What is wrong when a .csv's header has no comma but another separator."""
     with path.open(encoding="utf-8", errors="replace") as handle:
         header = handle.readline()
     if path.suffix.lower() == ".csv" and "," not in header:
         for name, sep in (("semicolon", ";"), ("tab", "\t"), ("pipe", "|")):
             if sep in header:
-                return (f"{message}; its header is {name}-separated, but .csv must be comma-separated "
+                return (f"its header is {name}-separated, but .csv must be comma-separated "
                         f"(save it with commas, or tab-separated as .tsv)")
-    return f"{message} (a field with the separator or a line break must be quoted)"
+    return None
 
 
 def _read_tsv(path: Path) -> pd.DataFrame:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from moderation.errors import SettingError
 from moderation.model import ModelBundle, load_bundle
 from moderation.progress import Progress
 from moderation.text import clean_texts, skip_reasons
@@ -63,9 +64,9 @@ def default_workers() -> int:
         try:
             workers = int(configured)
         except ValueError:
-            raise ValueError(f"{WORKERS_ENV} must be a whole number, got {configured!r}") from None
+            raise SettingError(f"{WORKERS_ENV} must be a whole number, got {configured!r}") from None
         if workers < 1:
-            raise ValueError(f"{WORKERS_ENV} must be at least 1, got {workers}")
+            raise SettingError(f"{WORKERS_ENV} must be at least 1, got {workers}")
         return workers
     try:
         return max(1, len(os.sched_getaffinity(0)))

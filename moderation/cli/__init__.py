@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    name = command_name(args)
+    name = args.command
     try:
         return int(args.handler(args) or 0)
     except ModerationError as exc:
@@ -62,15 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"moderation {name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-def command_name(args: argparse.Namespace) -> str:
-    """``score``, ``models register``: the words the user typed to pick the command."""
-    words = [args.command]
-    for attr in ("db_command", "reviews_command", "labels_command", "models_command"):
-        if getattr(args, attr, None):
-            words.append(getattr(args, attr))
-    return " ".join(words)
 
 
 def one_line(message: str) -> str:
