@@ -187,6 +187,31 @@ def split_by_group(frame: pd.DataFrame, validation: float = 0.1, test: float = 0
     )
 
 
+#: Shares of the groups held out for validation and test by default.
+DEFAULT_VALIDATION_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.1
+#: Fewest reviews of each class a split needs: fewer gives a threshold and metrics that mean nothing.
+MIN_PER_CLASS = 5
+
+
+def check_split(split: Split, require_test: bool = False, source: str = "the data") -> None:
+    """Refuse degenerate training data with the reason: a class missing, or too few rows on a side."""
+    if not len(split.train) + len(split.validation) + len(split.test):
+        raise InputDataError(f"{source} has no labelled rows to train on")
+    sides = [("training", split.train), ("validation", split.validation)]
+    if require_test:
+        sides.append(("test", split.test))
+    for name, frame in sides:
+        negative = int((frame["label"] == 1).sum())
+        positive = int(len(frame) - negative)
+        for label, count in (("negative", negative), ("positive", positive)):
+            if count < MIN_PER_CLASS:
+                raise InputDataError(
+                    f"{source}: the {name} split has {count} {label} reviews ({negative} negative, {positive} positive "
+                    f"in {len(frame)} rows); each split needs at least {MIN_PER_CLASS} of each class: "
+                    f"add labelled reviews of both kinds")
+
+
 def balance_classes(frame: pd.DataFrame, seed: int = 13) -> pd.DataFrame:
     """Down-sample the larger class so both labels have equal counts."""
     counts = frame["label"].value_counts()

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from moderation import metrics
-from moderation.data import Split, balance_classes, fingerprint, load_labelled, split_by_group
+from moderation.data import (DEFAULT_TEST_FRACTION, DEFAULT_VALIDATION_FRACTION, Split, balance_classes, check_split,
+                             fingerprint, load_labelled, split_by_group)
 from moderation.errors import ModerationError
 from moderation.model import CURVE_FILE, ModelBundle, ModelCard, build_model, save_bundle
 from moderation.progress import Progress
@@ -50,8 +51,8 @@ class TrainingConfig:
     min_char_freq: int = 3
     patience: int = 2
     lr_decay_factor: float = 0.3
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    test_fraction: float = DEFAULT_TEST_FRACTION
     seed: int = 13
     max_train_rows: int | None = None
     verbose: int = 2
@@ -70,28 +71,6 @@ def train_from_file(data_path: Path | str, out_dir: Path | str, config: Training
     check_split(split, require_test=config.test_fraction > 0, source=str(data_path))
     source = {"path": str(data_path), "rows_labelled": int(len(frame))}
     return train_on_split(split, Path(out_dir), config, version or Path(out_dir).name, source, progress=progress)
-
-
-#: Fewest reviews of each class a split needs: fewer gives a threshold and metrics that mean nothing.
-MIN_PER_CLASS = 5
-
-
-def check_split(split: Split, require_test: bool = False, source: str = "the data") -> None:
-    """Refuse degenerate training data with the reason: a class missing, or too few rows on a side."""
-    if not len(split.train) + len(split.validation) + len(split.test):
-        raise ModerationError(f"{source} has no labelled rows to train on")
-    sides = [("training", split.train), ("validation", split.validation)]
-    if require_test:
-        sides.append(("test", split.test))
-    for name, frame in sides:
-        negative = int((frame["label"] == 1).sum())
-        positive = int(len(frame) - negative)
-        for label, count in (("negative", negative), ("positive", positive)):
-            if count < MIN_PER_CLASS:
-                raise ModerationError(
-                    f"{source}: the {name} split has {count} {label} reviews ({negative} negative, {positive} positive "
-                    f"in {len(frame)} rows); each split needs at least {MIN_PER_CLASS} of each class: "
-                    f"add labelled reviews of both kinds")
 
 
 def _validate_config(config: TrainingConfig) -> None:

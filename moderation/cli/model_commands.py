@@ -62,12 +62,18 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _model_dir(path: Path | None) -> Path:
-    return path if path is not None else config.default_model_dir()
+    """The model directory, its parts and card checked before TensorFlow is loaded (a bad card fails fast)."""
+    from moderation.model import verify_bundle
+
+    directory = path if path is not None else config.default_model_dir()
+    verify_bundle(directory)
+    return directory
 
 
 def _train(args: argparse.Namespace) -> int:
     input_file(args.data)
     _check_train_out(args.out, args.replace, args.db)
+    _check_training_data(args.data, args.seed)
     from moderation.training import TrainingConfig, train_from_file
 
     show = wanted(args.progress)
@@ -80,6 +86,15 @@ def _train(args: argparse.Namespace) -> int:
     print(f"model {bundle.version} written to {args.out} (threshold {bundle.threshold:.4f})", file=sys.stderr)
     print(json.dumps(strict_json_value(bundle.card.metrics), indent=2, ensure_ascii=False))
     return 0
+
+
+def _check_training_data(path: Path, seed: int) -> None:
+    """Refuse unusable data before TensorFlow loads (train_from_file checks again, for other callers)."""
+    from moderation.data import (DEFAULT_TEST_FRACTION, DEFAULT_VALIDATION_FRACTION, check_split, load_labelled,
+                                 split_by_group)
+
+    split = split_by_group(load_labelled(path), DEFAULT_VALIDATION_FRACTION, DEFAULT_TEST_FRACTION, seed)
+    check_split(split, require_test=True, source=str(path))
 
 
 #: What ``train`` writes into ``--out``; anything else there is not ours to overwrite.
@@ -157,9 +172,10 @@ def _score_file(args: argparse.Namespace) -> int:
     if args.output.suffix.lower() not in {".parquet", ".csv"}:
         raise InputDataError(f"output must end in .parquet or .csv, not {args.output.name}")
     output_file(args.output, args.force)
+    model_dir = _model_dir(args.model)
     frame = read_table(args.input)
     require_text_column(frame, str(args.input))
-    scorer = load_scorer(_model_dir(args.model), batch_size=args.batch_size, threshold=args.threshold)
+    scorer = load_scorer(model_dir, batch_size=args.batch_size, threshold=args.threshold)
     with progress("scoring", len(frame), enabled=wanted(args.progress)) as done:
         result = scorer.score_texts(frame[TEXT_COLUMN], done)
     out = frame.reset_index(drop=True).join(result.to_frame())
