@@ -96,7 +96,7 @@ def publish(run_plan: dict[str, Any], results: Any = None) -> dict[str, Any]:
         "max_retry_delay": timedelta(minutes=30),
     },
     params={
-        "threshold": Param(None, type=["null", "number"], minimum=0, maximum=1,
+        "threshold": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
                            description="Flag when score >= this; empty uses the active model card's threshold"),
         "chunk_size": Param(DEFAULT_CHUNK_SIZE, type="integer", minimum=100, maximum=1_000_000,
                             description="Reviews per mapped scoring task"),

@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from moderation.errors import SettingError
 from moderation.model import ModelBundle, load_bundle
+from moderation.progress import Progress
 from moderation.text import clean_texts, skip_reasons
 from moderation.vocab import OOV_ID, EncodedTexts
 
@@ -87,9 +89,9 @@ def _positive_env(env: Mapping[str, str], name: str) -> int | None:
     try:
         value = int(configured)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {configured!r}") from None
+        raise SettingError(f"{name} must be a whole number, got {configured!r}") from None
     if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
+        raise SettingError(f"{name} must be at least 1, got {value}")
     return value
 
 
@@ -144,9 +146,9 @@ def plan_scoring(backend: str, gpus: Sequence[str], env: Mapping[str, str], cpus
     """
     choice = (env.get(DEVICE_ENV, "") or "auto").strip().lower()
     if choice not in {"auto", "cpu", "gpu"}:
-        raise ValueError(f"{DEVICE_ENV} must be auto, cpu or gpu, got {env.get(DEVICE_ENV)!r}")
+        raise SettingError(f"{DEVICE_ENV} must be auto, cpu or gpu, got {env.get(DEVICE_ENV)!r}")
     if choice == "gpu" and not gpus:
-        raise ValueError(f"{DEVICE_ENV}=gpu but Keras' {backend} backend sees no GPU")
+        raise SettingError(f"{DEVICE_ENV}=gpu but Keras' {backend} backend sees no GPU")
     on_gpu = bool(gpus) and choice != "cpu"
     rows = _positive_env(env, BATCH_ROWS_ENV) or (GPU_BATCH_ROWS if on_gpu else DEFAULT_BATCH_SIZE)
     chars = _positive_env(env, BATCH_CHARS_ENV) or (GPU_BATCH_CHARS if on_gpu else DEFAULT_MAX_BATCH_CHARS)
@@ -292,7 +294,8 @@ class Scorer:
         self.forward_kind = forward.kind
         self.workers = (workers or plan.workers) if forward.thread_safe else 1
 
-    def score_texts(self, texts: Iterable[str | None] | pd.Series) -> Scores:
+    def score_texts(self, texts: Iterable[str | None] | pd.Series, progress: Progress | None = None) -> Scores:
+        """Scores in input order; ``progress`` advances by each finished batch's rows (skipped rows at once)."""
         raw = texts if isinstance(texts, pd.Series) else pd.Series(list(texts), dtype=object)
         raw = raw.reset_index(drop=True)
         scores = np.full(len(raw), np.nan, dtype=np.float64)
@@ -300,11 +303,16 @@ class Scorer:
         reasons = []
         for start, prepared in self._prepared(raw, slices):
             reasons.append(prepared.reasons)
+            skipped = len(prepared.reasons) - len(prepared.positions)
+            if progress is not None and skipped:
+                progress.advance(skipped)
             if prepared.batches is not None:
                 for rows, matrix in prepared.batches:
                     scores[start + prepared.positions[rows]] = self._predict(matrix)[: len(rows)]
+                    if progress is not None:
+                        progress.advance(len(rows))
             elif prepared.encoded is not None:
-                scores[start + prepared.positions] = self.predict_encoded(prepared.encoded)
+                scores[start + prepared.positions] = self.predict_encoded(prepared.encoded, progress)
         skip_reason = reasons[0] if len(reasons) == 1 else pd.concat(reasons, ignore_index=True)
         scorable = skip_reason.isna().to_numpy()
         flagged = np.where(scorable, scores >= self.threshold, False)
@@ -373,21 +381,25 @@ class Scorer:
             batches.append((rows, matrix))
         return batches
 
-    def predict_encoded(self, encoded: EncodedTexts) -> np.ndarray:
+    def predict_encoded(self, encoded: EncodedTexts, progress: Progress | None = None) -> np.ndarray:
         """Scores of encoded rows in their original order; batches run ``workers`` at a time."""
         out = np.empty(len(encoded), dtype=np.float64)
         batches = length_sorted_batches(encoded.lengths, self.batch_size, self.max_batch_chars)
 
-        def score(rows: np.ndarray) -> None:
+        def score(rows: np.ndarray) -> int:
             out[rows] = self._predict(encoded.padded(rows))
+            return len(rows)
 
         if self.workers == 1 or len(batches) == 1:
             for rows in batches:
-                score(rows)
+                done = score(rows)
+                if progress is not None:
+                    progress.advance(done)
         else:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="scorer") as pool:
-                for done in pool.map(score, batches):
-                    del done  # map re-raises a worker's error here
+                for done in pool.map(score, batches):  # map re-raises a worker's error here
+                    if progress is not None:
+                        progress.advance(done)
         return out
 
 

@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS model_versions (
     created_at    TIMESTAMP WITH TIME ZONE NOT NULL,
     registered_at TIMESTAMP WITH TIME ZONE NOT NULL,
     is_active     BOOLEAN NOT NULL,
+    fingerprint   VARCHAR(64),               -- SHA-256 of card.json, model.keras, vocab.json; NULL: not yet taken
     CONSTRAINT model_versions_pkey PRIMARY KEY (version)
 );
 
