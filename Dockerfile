@@ -1,19 +1,23 @@
 # syntax=docker/dockerfile:1.7
-# One image for every Airflow service of docker-compose.yml and for the `moderation` CLI.
+# The images of every Airflow service of docker-compose.yml and of the `moderation` CLI.
 #
 # The DAGs, the PostgreSQL DDL and the shipped model are COPIED in (nothing is
 # mounted from the host), so a running stack is exactly the image it was built
-# from. Dependencies come from the committed lock file, constraints.txt.
+# from. Dependencies come from the committed lock files: constraints.txt for
+# the default CPU image, constraints-gpu.txt for the GPU image.
 #
-#   docker build -t review-moderation:local .
+#   docker build -t review-moderation:local .                                   # CPU (the default target)
 #   docker build --build-arg PROJECT_EXTRAS=celery .
+#   docker build --target runtime-gpu --build-arg PROJECT_EXTRAS=celery -t review-moderation:local-gpu .
+#
+# The GPU image carries TensorFlow built with CUDA and NVIDIA's CUDA/cuDNN
+# libraries as Python wheels; the host provides only the driver (NVIDIA
+# Container Toolkit). It also starts on a machine without a GPU, on the CPU.
 
-############################ build: a virtualenv from the lock ############################
-FROM python:3.11-slim AS build
+############################ build: virtualenvs from the locks ############################
+FROM python:3.11-slim AS build-base
 
 ARG UV_VERSION=0.13.9
-# Optional extras of pyproject.toml, e.g. "celery" for the celery profile (empty: none).
-ARG PROJECT_EXTRAS=""
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -25,27 +29,25 @@ RUN python -m pip install "uv==${UV_VERSION}" \
  && uv venv --python /usr/local/bin/python3.11 /opt/venv
 
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt constraints-gpu.txt README.md ./
 COPY moderation/ ./moderation/
+COPY docker/install-locked.sh /usr/local/bin/install-locked.sh
 
-# Install with the lock, then prove it: every installed distribution must be
-# pinned in constraints.txt at that version, so an extra that is not locked
-# fails the build instead of pulling whatever is newest today.
+# TensorFlow for CPU, with the lock constraints.txt.
+FROM build-base AS build
+# Optional extras of pyproject.toml besides the TensorFlow variant, e.g. "celery" (empty: none).
+ARG PROJECT_EXTRAS=""
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv pip install --python /opt/venv/bin/python -c constraints.txt \
-        "/src${PROJECT_EXTRAS:+[${PROJECT_EXTRAS}]}" \
- && uv pip check --python /opt/venv/bin/python \
- && uv pip freeze --python /opt/venv/bin/python | grep -v '^review-moderation' \
-        | tr 'A-Z_' 'a-z-' | sort > /tmp/installed.txt \
- && grep -vE '^[[:space:]]*(#|$)' constraints.txt | tr 'A-Z_' 'a-z-' | sort > /tmp/locked.txt \
- && comm -23 /tmp/installed.txt /tmp/locked.txt > /tmp/unlocked.txt \
- && if [ -s /tmp/unlocked.txt ]; then \
-        echo "installed but not pinned by constraints.txt (regenerate the lock):" >&2; \
-        cat /tmp/unlocked.txt >&2; exit 1; \
-    fi
+    install-locked.sh constraints.txt "cpu${PROJECT_EXTRAS:+,${PROJECT_EXTRAS}}"
 
-############################ runtime ############################
-FROM python:3.11-slim AS runtime
+# TensorFlow with CUDA, with the lock constraints-gpu.txt (several GB of NVIDIA wheels).
+FROM build-base AS build-gpu
+ARG PROJECT_EXTRAS=""
+RUN --mount=type=cache,target=/root/.cache/uv \
+    install-locked.sh constraints-gpu.txt "gpu${PROJECT_EXTRAS:+,${PROJECT_EXTRAS}}"
+
+############################ runtime: everything but the virtualenv ############################
+FROM python:3.11-slim AS runtime-base
 
 LABEL org.opencontainers.image.title="review-moderation" \
       org.opencontainers.image.description="Nightly Korean review moderation: Airflow 3 + char-LSTM"
@@ -72,7 +74,6 @@ RUN groupadd --gid "${AIRFLOW_UID}" airflow \
  && mkdir -p /opt/airflow/logs /opt/airflow/auth /opt/moderation/var/models /opt/moderation/var/runs \
  && chown -R airflow:airflow /opt/airflow /opt/moderation/var
 
-COPY --from=build /opt/venv /opt/venv
 # Read-only for the service user: code and data of record belong to the image.
 COPY dags/ /opt/moderation/dags/
 COPY sql/ /opt/moderation/sql/
@@ -81,10 +82,29 @@ COPY docker/airflow-init.sh docker/http_ok.py /opt/moderation/docker/
 
 USER airflow
 WORKDIR /opt/airflow
+EXPOSE 8080
+CMD ["airflow", "version"]
+
+############################ runtime-gpu: the GPU worker of the compose profile gpu ############################
+FROM runtime-base AS runtime-gpu
+
+# Take GPU memory as needed instead of all of it at start: the worker shares
+# the device with nothing else, but a second process (a retry, `moderation
+# predict`) must still fit.
+ENV TF_FORCE_GPU_ALLOW_GROWTH=true
+COPY --from=build-gpu /opt/venv /opt/venv
+
+# Fail the build, not the first night, when the console script, the model or the CUDA build is broken.
+# (Building needs no GPU: TensorFlow reports the CUDA build and falls back to the CPU.)
+RUN moderation --version \
+ && python -c "from moderation.model import verify_bundle; from moderation import config; verify_bundle(config.default_model_dir())" \
+ && python -c "import tensorflow as tf; assert tf.test.is_built_with_cuda(), 'TensorFlow without CUDA in the GPU image'"
+
+############################ runtime: the default target (CPU) ############################
+FROM runtime-base AS runtime
+
+COPY --from=build /opt/venv /opt/venv
 
 # Fail the build, not the first night, when the console script or the model is broken.
 RUN moderation --version \
  && python -c "from moderation.model import verify_bundle; from moderation import config; verify_bundle(config.default_model_dir())"
-
-EXPOSE 8080
-CMD ["airflow", "version"]

@@ -3,16 +3,30 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The GPU variant lives in its own virtualenv: tensorflow[and-cuda] and
+# tensorflow-cpu both provide the `tensorflow` module and must never share one.
+GPU_VENV := .venv-gpu
+GPU_PY := $(GPU_VENV)/bin/python
+GPU_STAMP := $(GPU_VENV)/.installed
 
-.PHONY: install demo test test-fast bench up down clean
+.PHONY: install install-gpu demo test test-fast bench up down clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
-	$(VENV)/bin/uv pip install --python $(PY) -c constraints.txt -e '.[test]'
+	$(VENV)/bin/uv pip install --python $(PY) -c constraints.txt -e '.[cpu,test]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## TensorFlow built with CUDA (several GB of NVIDIA wheels) into .venv-gpu; runs on CPU-only machines too.
+$(GPU_STAMP): pyproject.toml constraints-gpu.txt
+	test -x $(GPU_PY) || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_PY) -m pip install -q --upgrade pip uv
+	$(GPU_VENV)/bin/uv pip install --python $(GPU_PY) -c constraints-gpu.txt -e '.[gpu,test]'
+	touch $(GPU_STAMP)
+
+install-gpu: $(GPU_STAMP)
 
 ## Install everything, seed the embedded SQLite database and run the nightly DAG on it.
 demo: $(STAMP)

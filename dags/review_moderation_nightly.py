@@ -22,7 +22,9 @@ keep their decision. An empty interval records a run with zero counts.
 * Params: `threshold` (override the model card's decision threshold), `chunk_size`.
 * Env: `MODERATION_NIGHTLY_SCHEDULE` (cron, UTC; default midnight, each run scores the
   24 hours before it), `MODERATION_NIGHTLY_CATCHUP` (default false; `airflow backfill create`
-  works either way), `MODERATION_SCORING_PARALLELISM` (chunks scored at once, default 2).
+  works either way), `MODERATION_SCORING_PARALLELISM` (chunks scored at once, default 2),
+  `MODERATION_SCORING_QUEUE` / `MODERATION_SCORING_POOL` (the Celery queue and the Airflow pool of
+  `score_chunk`, e.g. the GPU worker's queue and a one-slot pool; default: Airflow's own).
 
 The same job without Airflow: `moderation score --start 2024-01-01 --end 2024-01-02`.
 """
@@ -35,7 +37,7 @@ from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, get_current_context, task
 
-from moderation.airflow_support import NIGHTLY_INTERVAL, env_flag, nightly_schedule
+from moderation.airflow_support import NIGHTLY_INTERVAL, env_flag, nightly_schedule, scoring_task_routing
 
 DEFAULT_CHUNK_SIZE = 50_000  # mirrors moderation.pipeline.DEFAULT_CHUNK_SIZE, which is too heavy to import here
 
@@ -60,7 +62,7 @@ def list_chunks(run_plan: dict[str, Any]) -> list[dict[str, Any]]:
     return list(run_plan["chunks"])
 
 
-@task(max_active_tis_per_dagrun=int(os.environ.get("MODERATION_SCORING_PARALLELISM", "2")))
+@task(max_active_tis_per_dagrun=int(os.environ.get("MODERATION_SCORING_PARALLELISM", "2")), **scoring_task_routing())
 def score_chunk(run_plan: dict[str, Any], chunk: dict[str, Any]) -> dict[str, Any]:
     """Score one chunk into a Parquet file; a retry overwrites the same file."""
     from moderation import airflow_support, pipeline
@@ -95,7 +97,7 @@ def publish(run_plan: dict[str, Any], results: Any = None) -> dict[str, Any]:
         "max_retry_delay": timedelta(minutes=30),
     },
     params={
-        "threshold": Param(None, type=["null", "number"], minimum=0, maximum=1,
+        "threshold": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
                            description="Flag when score >= this; empty uses the active model card's threshold"),
         "chunk_size": Param(DEFAULT_CHUNK_SIZE, type="integer", minimum=100, maximum=1_000_000,
                             description="Reviews per mapped scoring task"),

@@ -10,6 +10,7 @@
 #                                               so a model promoted by retraining stays active)
 #   5. Airflow Connection reviews_db           (logs in as the scorer user: least privilege)
 #   6. the admin login of the API server       (from _AIRFLOW_ADMIN_USERNAME/_AIRFLOW_ADMIN_PASSWORD only)
+#   7. the scoring pool MODERATION_SCORING_POOL (when set; MODERATION_SCORING_POOL_SLOTS slots, default 1)
 set -euo pipefail
 
 SHIPPED_MODEL=/opt/moderation/models/ko-char-lstm-v1
@@ -55,6 +56,24 @@ case "${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}" in
 esac
 [[ "$_AIRFLOW_ADMIN_USERNAME" =~ ^[A-Za-z0-9._-]+$ ]] \
     || die "_AIRFLOW_ADMIN_USERNAME may only contain letters, digits and . _ -"
+# Routing of score_chunk (the gpu profile): a queue only Celery workers read, a pool created below.
+SCORING_QUEUE="${MODERATION_SCORING_QUEUE:-}"
+SCORING_POOL="${MODERATION_SCORING_POOL:-}"
+SCORING_POOL_SLOTS="${MODERATION_SCORING_POOL_SLOTS:-1}"
+if [ -n "$SCORING_QUEUE" ]; then
+    [[ "$SCORING_QUEUE" =~ ^[A-Za-z0-9._-]+$ ]] \
+        || die "MODERATION_SCORING_QUEUE may only contain letters, digits and . _ -"
+    case "${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}" in
+        *CeleryExecutor*) ;;
+        *) die "MODERATION_SCORING_QUEUE=${SCORING_QUEUE} needs AIRFLOW__CORE__EXECUTOR=CeleryExecutor: only Celery workers (the gpu profile) read queues (see docs/operations.md)" ;;
+    esac
+fi
+if [ -n "$SCORING_POOL" ]; then
+    [[ "$SCORING_POOL" =~ ^[A-Za-z0-9._-]+$ ]] \
+        || die "MODERATION_SCORING_POOL may only contain letters, digits and . _ -"
+    [[ "$SCORING_POOL_SLOTS" =~ ^[1-9][0-9]*$ ]] \
+        || die "MODERATION_SCORING_POOL_SLOTS must be a whole number of at least 1, got '${SCORING_POOL_SLOTS}'"
+fi
 
 echo "airflow-init: migrating the Airflow metadata database"
 airflow db migrate
@@ -96,5 +115,11 @@ partial.write_text(json.dumps({os.environ["_AIRFLOW_ADMIN_USERNAME"]: os.environ
 partial.chmod(0o600)
 partial.replace(path)
 PY
+
+if [ -n "$SCORING_POOL" ]; then
+    echo "airflow-init: pool ${SCORING_POOL} with ${SCORING_POOL_SLOTS} slot(s) for score_chunk"
+    airflow pools set "$SCORING_POOL" "$SCORING_POOL_SLOTS" \
+        "score_chunk of review_moderation_nightly (MODERATION_SCORING_POOL), written by airflow-init" >/dev/null
+fi
 
 echo "airflow-init: done"

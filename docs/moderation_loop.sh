@@ -15,7 +15,7 @@ moderation flagged --status pending --limit 5
 
 # 2. Moderators work through the queue. Here they are simulated by the author's
 #    own rating: confirm flags on reviews rated 1-4, dismiss those rated 9-10.
-moderation flagged --status pending --limit 0 --format json --output var/queue.json
+moderation flagged --status pending --format json --output var/queue.json --force
 read -r confirm dismiss < <(python - <<'PY'
 import json
 rows = json.load(open("var/queue.json"))

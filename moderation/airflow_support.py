@@ -44,6 +44,27 @@ def nightly_schedule() -> str:
     return os.environ.get("MODERATION_NIGHTLY_SCHEDULE", "").strip() or DEFAULT_NIGHTLY_SCHEDULE
 
 
+SCORING_QUEUE_ENV = "MODERATION_SCORING_QUEUE"
+SCORING_POOL_ENV = "MODERATION_SCORING_POOL"
+
+
+def scoring_task_routing() -> dict[str, str]:
+    """``queue=``/``pool=`` of ``score_chunk`` from the environment, read when the DAG file is parsed.
+
+    ``MODERATION_SCORING_QUEUE`` sends the scoring tasks to the Celery workers
+    of that queue (the GPU worker of the compose profile ``gpu``);
+    ``MODERATION_SCORING_POOL`` puts them in that Airflow pool, which
+    ``airflow-init`` creates with one slot, so two runs or a backfill take
+    turns on one GPU. Unset: Airflow's default queue and pool.
+    """
+    routing = {}
+    for key, name in (("queue", SCORING_QUEUE_ENV), ("pool", SCORING_POOL_ENV)):
+        value = os.environ.get(name, "").strip()
+        if value:
+            routing[key] = value
+    return routing
+
+
 def env_flag(name: str, default: bool) -> bool:
     """A boolean environment switch; an unrecognised value is an error, not a silent default."""
     raw = os.environ.get(name)

@@ -31,6 +31,8 @@ TEXT_COLUMN = "text"
 def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
     """Read Parquet, CSV or TSV into a DataFrame; format by extension."""
     path = Path(path)
+    if path.is_dir():
+        raise InputDataError(f"{path} is a directory, not a review file")
     if not path.is_file():
         raise InputDataError(f"input file not found: {path}")
     suffix = path.suffix.lower()
@@ -40,28 +42,72 @@ def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFra
         if suffix in {".tsv", ".txt"}:
             return _read_tsv(path)
         if suffix == ".csv":
-            return pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[])
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+            # Invalid UTF-8 is repaired (U+FFFD), as `reviews import` does; a BOM is dropped.
+            frame = pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
+                                encoding="utf-8-sig", encoding_errors="replace")
+            if len(frame.columns) == 1 and TEXT_COLUMN not in frame.columns:
+                hint = _separator_hint(path)
+                if hint:
+                    raise InputDataError(f"cannot read {path}: {hint}")
+            return frame
+    except pd.errors.ParserError as exc:
+        raise InputDataError(f"cannot read {path}: {_parser_hint(path, exc)}") from None
+    except (OSError, ValueError) as exc:
         raise InputDataError(f"cannot read {path}: {exc}") from None
     raise InputDataError(f"unsupported file type {suffix!r} for {path}: use .parquet, .csv or .tsv")
 
 
+def _parser_hint(path: Path, exc: Exception) -> str:
+    """pandas' parser message, with the likely cause when the file is not comma-separated."""
+    message = " ".join(str(exc).split())
+    hint = _separator_hint(path)
+    return f"{message}; {hint}" if hint else f"{message} (a field with a comma or a line break must be quoted)"
+
+
+def _separator_hint(path: Path) -> str | None:
+    """What is wrong when a .csv's header has no comma but another separator."""
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        header = handle.readline()
+    if path.suffix.lower() == ".csv" and "," not in header:
+        for name, sep in (("semicolon", ";"), ("tab", "\t"), ("pipe", "|")):
+            if sep in header:
+                return (f"its header is {name}-separated, but .csv must be comma-separated "
+                        f"(save it with commas, or tab-separated as .tsv)")
+    return None
+
+
 def _read_tsv(path: Path) -> pd.DataFrame:
     with path.open(encoding="utf-8", errors="replace") as handle:
-        first = handle.readline().rstrip("\n").split("\t")
+        first = handle.readline().lstrip("\ufeff").rstrip("\n").split("\t")
+    options = {"encoding": "utf-8-sig", "encoding_errors": "replace", "keep_default_na": False}
     if first[:3] == ["id", "document", "label"]:
-        frame = pd.read_csv(path, sep="\t", quoting=3, dtype={"document": "string"}, keep_default_na=False)
+        frame = pd.read_csv(path, sep="\t", quoting=3, dtype={"document": "string"}, **options)
         frame = frame.rename(columns={"document": TEXT_COLUMN, "id": "review_id"})
         frame["label"] = 1 - frame["label"].astype(int)  # NSMC: 1 = positive
         return frame
     if len(first) == 2 and first[0].strip().isdigit():
-        frame = pd.read_csv(
-            path, sep="\t", quoting=3, header=None, names=["rating", TEXT_COLUMN],
-            dtype={TEXT_COLUMN: "string"}, keep_default_na=False,
-        )
+        frame = pd.read_csv(path, sep="\t", quoting=3, header=None, names=["rating", TEXT_COLUMN],
+                            dtype={TEXT_COLUMN: "string"}, **options)
         frame.attrs["rating_scale"] = 5
         return frame
-    return pd.read_csv(path, sep="\t", quoting=3, dtype={TEXT_COLUMN: "string"}, keep_default_na=False)
+    return pd.read_csv(path, sep="\t", quoting=3, dtype={TEXT_COLUMN: "string"}, **options)
+
+
+#: A text that is only a number: a review column holding ids or ratings by mistake.
+NUMBER_ONLY = r"^\s*[+-]?\d+(?:[.,]\d+)?\s*$"
+
+
+def require_text_column(frame: pd.DataFrame, source: str) -> None:
+    """The text column exists and holds texts, not numbers (a wrong column mapped to ``text``)."""
+    require_columns(frame, [TEXT_COLUMN], source)
+    column = frame[TEXT_COLUMN]
+    if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+        raise InputDataError(f"{source}: column text holds numbers ({column.dtype}), not review texts")
+    present = column.dropna().astype("string")
+    present = present[present.str.strip() != ""]
+    if len(present) and bool(present.str.match(NUMBER_ONLY).all()):
+        raise InputDataError(f"{source}: every value of column text is a number (e.g. {present.iloc[0]!r}): "
+                             f"is it the right column?")
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
@@ -92,7 +138,7 @@ def load_labelled(path: Path | str, rating_scale: int | None = None) -> pd.DataF
     together: the item when known, else the row).
     """
     frame = read_table(path)
-    require_columns(frame, [TEXT_COLUMN], str(path))
+    require_text_column(frame, str(path))
     if "label" in frame.columns:
         labels = pd.to_numeric(frame["label"], errors="coerce").astype("Int8")
     elif "rating" in frame.columns:
@@ -139,6 +185,31 @@ def split_by_group(frame: pd.DataFrame, validation: float = 0.1, test: float = 0
         validation=frame[is_validation].reset_index(drop=True),
         test=frame[is_test].reset_index(drop=True),
     )
+
+
+#: Shares of the groups held out for validation and test by default.
+DEFAULT_VALIDATION_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.1
+#: Fewest reviews of each class a split needs: fewer gives a threshold and metrics that mean nothing.
+MIN_PER_CLASS = 5
+
+
+def check_split(split: Split, require_test: bool = False, source: str = "the data") -> None:
+    """Refuse degenerate training data with the reason: a class missing, or too few rows on a side."""
+    if not len(split.train) + len(split.validation) + len(split.test):
+        raise InputDataError(f"{source} has no labelled rows to train on")
+    sides = [("training", split.train), ("validation", split.validation)]
+    if require_test:
+        sides.append(("test", split.test))
+    for name, frame in sides:
+        negative = int((frame["label"] == 1).sum())
+        positive = int(len(frame) - negative)
+        for label, count in (("negative", negative), ("positive", positive)):
+            if count < MIN_PER_CLASS:
+                raise InputDataError(
+                    f"{source}: the {name} split has {count} {label} reviews ({negative} negative, {positive} positive "
+                    f"in {len(frame)} rows); each split needs at least {MIN_PER_CLASS} of each class: "
+                    f"add labelled reviews of both kinds")
 
 
 def balance_classes(frame: pd.DataFrame, seed: int = 13) -> pd.DataFrame:

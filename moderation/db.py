@@ -10,6 +10,7 @@ SQLAlchemy Core and bound parameters: no SQL is assembled from strings.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,7 +68,9 @@ model_versions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("registered_at", DateTime(timezone=True), nullable=False),
     Column("is_active", Boolean, nullable=False, default=False),
-    Column("fingerprint", String(64), nullable=True),  # digest of the model's files (revision 0002)
+    # SHA-256 of the directory's files (see moderation.model.bundle_fingerprint); NULL for rows
+    # registered before fingerprints, filled in at their next successful load.
+    Column("fingerprint", String(64), nullable=True),
     # One active model, enforced by the database (revision 0005).
     Index("ux_model_versions_one_active", "is_active", unique=True,
           postgresql_where=text("is_active"), sqlite_where=text("is_active")),
@@ -173,22 +176,57 @@ def resolve_db_url(url: str | None = None) -> str:
     return url or os.environ.get("MODERATION_DB_URL") or default_db_url()
 
 
-def make_engine(url: str | None = None) -> Engine:
+#: What a URL may name: the two databases the schema is written for.
+SUPPORTED = "sqlite:///PATH or postgresql://USER@HOST/DATABASE"
+
+
+def make_engine(url: str | None = None, must_exist: bool = False) -> Engine:
     """An engine for the URL; SQLite gets foreign keys, WAL and a busy timeout.
 
-    A ``postgresql://`` URL is routed to the psycopg 3 driver.
+    A ``postgresql://`` URL is routed to the psycopg 3 driver. A URL that is
+    not SQLite or PostgreSQL is refused here with a :class:`DatabaseError`
+    rather than a driver's import error later. With ``must_exist`` (read-only
+    commands) a missing SQLite file is an error instead of being created,
+    folder and all.
     """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     url = resolve_db_url(url)
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60})
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        hidden = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+        raise DatabaseError(f"not a database URL: {hidden!r} (use {SUPPORTED})") from None
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise DatabaseError(f"unsupported database {shown}: use {SUPPORTED}")
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database or ""
+        if not path or path == ":memory:":
+            raise DatabaseError(f"{shown} names no database file: use sqlite:///PATH")
+        if Path(path).is_dir():
+            raise DatabaseError(f"database path {path} is a directory, not a SQLite file")
+        if must_exist and not Path(path).is_file():
+            raise DatabaseError(f"database file not found: {path} (create it with `moderation db init` "
+                                f"or `moderation reviews import`)")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = _create(url, shown, connect_args={"timeout": 60})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return _create(url, shown, pool_pre_ping=True)
+
+
+def _create(url: str, shown: str, **kwargs: object) -> Engine:
+    """``create_engine``, a missing driver or bad option reported as a :class:`DatabaseError`."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        return create_engine(url, **kwargs)
+    except (ArgumentError, NoSuchModuleError, ImportError, TypeError, ValueError) as exc:
+        raise DatabaseError(f"cannot use database {shown}: {exc} (use {SUPPORTED})") from None
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

@@ -22,3 +22,7 @@ class DatabaseError(ModerationError):
 
 class DecisionError(ModerationError):
     """A moderator decision cannot be recorded (unknown or unflagged review)."""
+
+
+class SettingError(ModerationError, ValueError):
+    """An environment setting has a value the package cannot use (still a ValueError for callers)."""

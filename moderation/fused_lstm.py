@@ -21,15 +21,16 @@ what the masked Keras layers return. Rows must hold at least one character.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 FUSED_ENV = "MODERATION_FUSED_LSTM"
 
 
-def fused_allowed() -> bool:
+def fused_allowed(env: Mapping[str, str] | None = None) -> bool:
     """``MODERATION_FUSED_LSTM=0`` turns the fused pass off (to compare, or to rule it out)."""
-    return os.environ.get(FUSED_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+    env = os.environ if env is None else env
+    return env.get(FUSED_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def unsupported_reason(model: Any) -> str | None:

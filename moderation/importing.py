@@ -49,6 +49,10 @@ from sqlalchemy import ARRAY, BigInteger, Connection, Engine, any_, bindparam, i
 
 from moderation import db
 from moderation.errors import DatabaseError, InputDataError
+from moderation.progress import progress as progress_bar
+
+#: A text that is only a number.
+_NUMBER_ONLY = re.compile(r"\s*[+-]?\d+(?:[.,]\d+)?\s*")
 
 BATCH_SIZE = 5_000
 #: Rejections kept in the report's list; the count is always exact.
@@ -135,10 +139,11 @@ class _Source:
     unit: str
     columns: set[str]
     rows: _Rows
+    total: int | None = None  # rows, where the format says without reading them
 
 
 def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = None,
-                   now: datetime | None = None) -> ImportReport:
+                   now: datetime | None = None, progress: bool = False) -> ImportReport:
     """Upsert a review file into ``reviews`` in one transaction; broken rows are reported, not loaded.
 
     ``ingested_at`` is ``now`` (default: the current time) or, with
@@ -153,13 +158,16 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
     source = _open_source(path)
     report = ImportReport(path=str(path), source_format=source.fmt, unit=source.unit)
     seen: dict[int, int] = {}
-    with closing(source.rows), db.translate_errors(engine), engine.begin() as conn:
+    texts = numbers = 0  # non-empty texts, and those that are only a number (a wrong column?)
+    with closing(source.rows), db.translate_errors(engine), engine.begin() as conn, \
+            progress_bar("importing", source.total, unit="rows", enabled=progress) as done:
         if not inspect(conn).has_table(db.reviews.name):
             raise DatabaseError(f"database {engine.url.render_as_string(hide_password=True)} has no reviews table: "
                                 f"run `moderation db init` first")
         batch: list[_Row] = []
         for line, values in source.rows:
             report.rows_read += 1
+            done.advance(1)
             try:
                 if isinstance(values, str):
                     raise _Bad(values)
@@ -172,11 +180,17 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
                 report.reject(line, f"duplicate review_id {row.review_id} (first at {source.unit} {first})")
                 continue
             seen[row.review_id] = line
+            if row.text is not None and row.text.strip():
+                texts += 1
+                numbers += bool(_NUMBER_ONLY.fullmatch(row.text))
             report.repaired += repaired
             batch.append(row)
             if len(batch) >= BATCH_SIZE:
                 _write_batch(conn, batch, now, spread_days, report)
                 batch = []
+        if texts and numbers == texts:  # raised inside the transaction: nothing is written
+            raise InputDataError(f"{path}: every text is a number (is the text column the right one?); "
+                                 f"nothing imported")
         _write_batch(conn, batch, now, spread_days, report)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
@@ -240,6 +254,9 @@ def _parquet_source(path: Path) -> _Source:
     names = parquet.schema_arrow.names
     found = _resolve(names, path)
     wanted = {canonical: names[i] for canonical, i in found.items()}
+    text_type = parquet.schema_arrow.field(wanted["text"]).type
+    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_null(text_type)):
+        raise InputDataError(f"{path}: column {wanted['text']} holds {text_type} values, not review texts")
 
     def rows() -> _Rows:
         number = 0
@@ -261,7 +278,7 @@ def _parquet_source(path: Path) -> _Source:
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise InputDataError(f"cannot read {path} after row {number}: {exc}") from None
 
-    return _Source("parquet", "row", set(found), rows())
+    return _Source("parquet", "row", set(found), rows(), total=parquet.metadata.num_rows)
 
 
 def _csv_source(path: Path) -> _Source:

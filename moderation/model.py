@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,31 @@ VOCAB_FILE = "vocab.json"
 CARD_FILE = "card.json"
 CURVE_FILE = "training_curve.png"
 SCORE_MEANING = "probability that the review is negative"
+#: The files whose bytes make a bundle's fingerprint, in name order.
+FINGERPRINT_FILES = (CARD_FILE, MODEL_FILE, VOCAB_FILE)
+
+
+def check_threshold(value: object, what: str = "threshold") -> float:
+    """A decision threshold as a float strictly between 0 and 1, else a :class:`ModelBundleError`.
+
+    0 would flag every review and 1 none; NaN compares false with every score.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ModelBundleError(f"{what} must be a number between 0 and 1, not {value!r}")
+    if not 0.0 < float(value) < 1.0:
+        raise ModelBundleError(f"{what} must be between 0 and 1 (exclusive), not {value!r}")
+    return float(value)
+
+
+def strict_json_value(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None: JSON that every parser accepts."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json_value(v) for v in value]
+    return value
 
 
 @dataclass
@@ -54,14 +81,66 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> ModelCard:
+        """A card from its JSON; fields this release does not know are ignored, the ones it uses checked."""
+        if not isinstance(payload, dict):
+            raise ModelBundleError(f"model card must be a JSON object, not {type(payload).__name__}")
         known = {f for f in cls.__dataclass_fields__}
         missing = {"version", "created_at", "cleaning_version", "max_len", "vocab_size", "threshold"} - payload.keys()
         if missing:
             raise ModelBundleError(f"model card lacks {', '.join(sorted(missing))}")
+        validate_card(payload)
         return cls(**{k: v for k, v in payload.items() if k in known})
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+        """Strict JSON: a metric that came out NaN is written as null, never as a bare NaN."""
+        return json.dumps(strict_json_value(asdict(self)), ensure_ascii=False, indent=2, allow_nan=False)
+
+
+def validate_card(payload: dict[str, Any]) -> None:
+    """Refuse a card whose values would score wrongly: the threshold and every operating point's."""
+    version = payload.get("version")
+    if not isinstance(version, str) or not version.strip() or len(version) > 128:
+        raise ModelBundleError(f"model card version must be a name of 1-128 characters, not {version!r}")
+    check_threshold(payload.get("threshold"), f"model card {version}: threshold")
+    for key in ("max_len", "vocab_size"):
+        value = payload.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelBundleError(f"model card {version}: {key} must be a positive integer, not {value!r}")
+    try:
+        datetime.fromisoformat(str(payload.get("created_at")))
+    except ValueError:
+        raise ModelBundleError(f"model card {version}: created_at is not an ISO date-time: "
+                               f"{payload.get('created_at')!r}") from None
+    points = payload.get("operating_points")
+    if points is None:
+        return
+    if not isinstance(points, dict):
+        raise ModelBundleError(f"model card {version}: operating_points must be an object per domain")
+    for domain, named in points.items():
+        if not isinstance(named, dict):
+            raise ModelBundleError(f"model card {version}: operating_points.{domain} must be an object")
+        for name, point in named.items():
+            if not isinstance(point, dict) or "threshold" not in point:
+                raise ModelBundleError(f"model card {version}: operating_points.{domain}.{name} has no threshold")
+            check_threshold(point["threshold"], f"model card {version}: operating_points.{domain}.{name}.threshold")
+
+
+def bundle_fingerprint(directory: Path | str) -> str:
+    """SHA-256 over the bytes of card.json, model.keras and vocab.json, concatenated in that (name) order.
+
+    The same as ``cat card.json model.keras vocab.json | sha256sum``. The
+    registry keeps it so a directory changed after registration is refused.
+    """
+    digest = hashlib.sha256()
+    for name in FINGERPRINT_FILES:
+        part = Path(directory) / name
+        try:
+            with part.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except FileNotFoundError:
+            raise ModelBundleError(f"model file is missing: {part}") from None
+    return digest.hexdigest()
 
 
 @dataclass

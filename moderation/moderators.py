@@ -178,6 +178,9 @@ def decide(engine: Engine, review_ids: Iterable[int], decision: str, by: str, no
     with db.translate_errors(engine), engine.begin() as conn:
         require_tables(conn, db.moderation_queue, db.review_labels)
         _check_queued(conn, ids)
+        for review_id, status, earlier_by, earlier_at in overturned_decisions(conn, ids, decision, by):
+            log.warning("review %d was %s by %s at %s UTC; %s now overturns it as %s", review_id, status, earlier_by,
+                        _read_time(earlier_at).strftime("%Y-%m-%d %H:%M"), by, decision)
         for part in _chunks(ids):
             _decided_events(conn, part, decision, by, when, note)  # before the update: the previous status
             conn.execute(db.moderation_queue.update().where(q.review_id.in_(part))
@@ -190,7 +193,7 @@ def decide(engine: Engine, review_ids: Iterable[int], decision: str, by: str, no
                    "labelled_at": when, "labelled_by": by, "text_version": versions[rid]} for rid in ids]
         for part in _chunks(labels):
             _upsert_labels(conn, list(part), only_changed=False)
-    log.info("%s %d reviews by %s", decision, len(ids), by)
+    log.debug("%s %d reviews by %s", decision, len(ids), by)  # the CLI prints the summary
     return len(ids)
 
 
@@ -226,6 +229,17 @@ def events(engine: Engine, review_ids: Sequence[int] = (), event: str | None = N
     for row in rows:
         row["at"] = utc(row["at"]).isoformat()
     return rows
+
+
+def overturned_decisions(conn: Connection, ids: list[int], decision: str, by: str) -> list[tuple[Any, ...]]:
+    """(review, status, moderator, time) of the ids another moderator decided the other way."""
+    q = db.moderation_queue.c
+    found: list[tuple[Any, ...]] = []
+    for part in _chunks(ids):
+        found += conn.execute(select(q.review_id, q.status, q.decided_by, q.decided_at).where(
+            q.review_id.in_(part), q.status != "pending", q.status != decision, q.decided_by.is_not(None),
+            q.decided_by != by).order_by(q.review_id)).all()
+    return found
 
 
 def _decision_ids(review_ids: Iterable[int]) -> list[int]:
@@ -410,7 +424,7 @@ def import_labels(engine: Engine, path: Path | str) -> LabelImportReport:
         require_tables(conn, db.reviews, db.review_labels)
         for part in _chunks(list(parsed.items())):
             _write_label_batch(conn, dict(part), report, now, labelled_by)
-    log.info("label import: %s", report.summary())
+    log.debug("label import: %s", report.summary())
     return report
 
 
@@ -590,7 +604,7 @@ def rating_labels(engine: Engine, scale: int = 10) -> int:
         stale = select(r.review_id).where(in_bands)
         removed = conn.execute(db.review_labels.delete().where(
             lab.source == "rating", lab.review_id.not_in(stale))).rowcount
-    log.info("rating labels on the %d-point scale: %d written or changed, %d removed", scale, written, removed)
+    log.debug("rating labels on the %d-point scale: %d written or changed, %d removed", scale, written, removed)
     return int(written)
 
 
@@ -654,17 +668,30 @@ def labelled_snapshot(engine: Engine, include_rating: bool = False) -> pd.DataFr
 def list_models(engine: Engine) -> list[dict[str, Any]]:
     """Registered versions, newest first, with the card's balanced test metrics."""
     m = db.model_versions.c
-    query = select(m.version, m.path, m.is_active, m.threshold, m.created_at, m.registered_at, m.metrics)
+    query = select(m.version, m.path, m.is_active, m.threshold, m.created_at, m.registered_at, m.metrics,
+                   m.fingerprint)
     with db.translate_errors(engine), engine.connect() as conn:
         require_tables(conn, db.model_versions)
         rows = conn.execute(query.order_by(m.created_at.desc(), m.version)).mappings().all()
     return [_model_row(row) for row in rows]
 
 
+def model_files_state(path: str, registered: str | None) -> str:
+    """``ok``, ``missing`` (folder or a file gone) or ``changed`` (not the registered files)."""
+    from moderation.model import FINGERPRINT_FILES, bundle_fingerprint
+
+    if not all((Path(path) / name).is_file() for name in FINGERPRINT_FILES):
+        return "missing"
+    if registered is not None and bundle_fingerprint(path) != registered:
+        return "changed"
+    return "ok"
+
+
 def _model_row(row: Any) -> dict[str, Any]:
     balanced = _metrics(row["metrics"]).get("test_balanced")
     balanced = balanced if isinstance(balanced, dict) else {}
     return {"version": row["version"], "path": row["path"], "active": bool(row["is_active"]),
+            "files": model_files_state(row["path"], row["fingerprint"]),
             "threshold": float(row["threshold"]), "created": utc(row["created_at"]),
             "registered": utc(row["registered_at"]),
             "balanced_accuracy": _finite(balanced.get("balanced_accuracy")),
@@ -692,23 +719,22 @@ def activate_model(engine: Engine, version: str) -> dict[str, Any]:
     The nightly job would refuse a broken bundle anyway; refusing here keeps
     the previous model active instead of stopping the next night's run.
     """
-    from moderation.model import verify_bundle
+    from moderation.pipeline import verify_registered
 
     m = db.model_versions.c
     with db.translate_errors(engine), engine.connect() as conn:
         require_tables(conn, db.model_versions)
-        path = conn.execute(select(m.path).where(m.version == version)).scalar()
-        known = conn.execute(select(m.version).order_by(m.version)).scalars().all() if path is None else []
-    if path is None:
+        row = conn.execute(select(m.path, m.fingerprint).where(m.version == version)).first()
+        known = conn.execute(select(m.version).order_by(m.version)).scalars().all() if row is None else []
+    if row is None:
         listed = ", ".join(known[:MAX_IDS_NAMED]) or "none"
         raise ModelBundleError(f"unknown model version {version!r} (registered: {listed}); "
                                f"register it with `moderation models register DIR`")
-    card = verify_bundle(Path(path))
-    if card.version != version:
-        raise ModelBundleError(f"{path} now holds model {card.version}, not {version}: register that directory again")
+    path = row[0]
+    verify_registered(engine, version, Path(path), row[1])
     with db.translate_errors(engine), engine.begin() as conn:
         if conn.execute(select(m.version).where(m.version == version)).scalar() is None:
             raise ModelBundleError(f"model version {version!r} was removed while activating it")
         db.activate_only(conn, version)
-    log.info("model %s is now the active model", version)
+    log.debug("model %s is now the active model", version)
     return next(row for row in list_models(engine) if row["version"] == version)

@@ -60,8 +60,8 @@ from sqlalchemy import (
 )
 
 from moderation import config, db, migrations
-from moderation.errors import DatabaseError
-from moderation.model import verify_bundle
+from moderation.errors import DatabaseError, InputDataError, ModelBundleError
+from moderation.model import bundle_fingerprint, check_threshold, verify_bundle
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +115,50 @@ def run_dir(run_id: str, base: Path | None = None) -> Path:
 
 def active_model(engine: Engine, threshold: float | None = None) -> ModelChoice:
     """The active row of ``model_versions``, else the shipped model (registered then)."""
+    if threshold is not None:
+        check_threshold(threshold, "threshold override")
+    m = db.model_versions.c
     with db.translate_errors(engine), engine.connect() as conn:
-        row = conn.execute(
-            select(db.model_versions.c.version, db.model_versions.c.path, db.model_versions.c.threshold)
-            .where(db.model_versions.c.is_active.is_(True))
-        ).first()
+        row = conn.execute(select(m.version, m.path, m.threshold, m.fingerprint).where(m.is_active.is_(True))).first()
     if row is None:
         card = register_model(engine, config.default_model_dir(), activate=True)
-        row = (card.version, str(config.default_model_dir()), card.threshold)
-    verify_bundle(Path(row[1]))  # fail before any work if the model is broken
+        row = (card.version, str(config.default_model_dir()), card.threshold, None)
+    verify_registered(engine, row[0], Path(row[1]), row[3])  # fail before any work if the model is broken or swapped
     return ModelChoice(version=row[0], path=row[1], threshold=float(threshold if threshold is not None else row[2]))
 
 
-def register_model(engine: Engine, directory: Path, activate: bool = False) -> Any:
-    """Insert or refresh a model version from its card; optionally make it the only active one."""
+def verify_registered(engine: Engine, version: str, directory: Path, registered: str | None) -> Any:
+    """The card of a registered model whose directory still holds exactly the registered files.
+
+    A registered model is immutable: scoring under its name must run the
+    network it was registered with. A row without a fingerprint (registered
+    by an earlier release) gets the directory's fingerprint now.
+    """
     card = verify_bundle(directory)
+    if card.version != version:
+        raise ModelBundleError(f"{directory} now holds model {card.version}, not the registered {version}: "
+                               f"register that directory as a new version")
+    current = bundle_fingerprint(directory)
+    if registered is None:
+        with db.translate_errors(engine), engine.begin() as conn:
+            conn.execute(db.model_versions.update()
+                         .where(db.model_versions.c.version == version, db.model_versions.c.fingerprint.is_(None))
+                         .values(fingerprint=current))
+    elif registered != current:
+        raise ModelBundleError(f"model directory {directory} no longer matches registered model {version} "
+                               f"(its files changed after registration): restore them, or train a new version "
+                               f"and register that")
+    return card
+
+
+def register_model(engine: Engine, directory: Path, activate: bool = False) -> Any:
+    """Insert or refresh a model version from its card; optionally make it the only active one.
+
+    Registering the same files again is harmless; registering different
+    files under a version name already taken is refused.
+    """
+    card = verify_bundle(directory)
+    current = bundle_fingerprint(directory)
     now = datetime.now(timezone.utc)
     values = {
         "version": card.version,
@@ -137,16 +166,32 @@ def register_model(engine: Engine, directory: Path, activate: bool = False) -> A
         "threshold": card.threshold,
         "metrics": json.dumps(card.metrics, ensure_ascii=False),
         "created_at": datetime.fromisoformat(card.created_at),
+        "fingerprint": current,
     }
+    m = db.model_versions.c
     with db.translate_errors(engine), engine.begin() as conn:
-        exists = conn.execute(select(db.model_versions.c.version).where(db.model_versions.c.version == card.version)).first()
+        exists = conn.execute(select(m.version, m.fingerprint).where(m.version == card.version)).first()
+        if exists and exists[1] is not None and exists[1] != current:
+            raise ModelBundleError(f"model {card.version} is already registered with other files: a registered "
+                                   f"model cannot change; train under a new name (--out models/NEW-NAME)")
         if exists:
-            conn.execute(db.model_versions.update().where(db.model_versions.c.version == card.version).values(**values))
+            conn.execute(db.model_versions.update().where(m.version == card.version).values(**values))
         else:
             conn.execute(db.model_versions.insert().values(**values, registered_at=now, is_active=False))
         if activate:
             db.activate_only(conn, card.version)
     return card
+
+
+def registered_version_at(engine: Engine, directory: Path) -> str | None:
+    """The version registered from ``directory`` (by its path), or None; a database without the table has none."""
+    from sqlalchemy import inspect
+
+    with db.translate_errors(engine), engine.connect() as conn:
+        if not inspect(conn).has_table(db.model_versions.name):
+            return None
+        m = db.model_versions.c
+        return conn.execute(select(m.version).where(m.path == str(Path(directory).resolve())).limit(1)).scalar()
 
 
 def _engine(db_url: str | None) -> Engine:
@@ -188,8 +233,12 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
     start, end = as_utc(start), as_utc(end)
     if end <= start:
         raise ValueError(f"interval end {end} is not after its start {start}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InputDataError(f"chunk size must be a whole number of at least 1, not {chunk_size!r}")
     engine = _engine(db_url)
     migrations.require_head(engine)  # never score into a schema the code does not know
+    with db.translate_errors(engine), engine.connect() as conn:
+        _check_run_id(conn, run_id, start, end)
     model = active_model(engine, threshold)
     needed = needs_score(model.version)
     numbered = (
@@ -293,8 +342,12 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
     read = scored = flagged = 0
     skipped: Counter[str] = Counter()
     started = time.perf_counter()
+    if plan.reviews and not plan.chunks:
+        raise DatabaseError(f"run {plan.run_id}: the plan has {plan.reviews} reviews but no chunks")
     with db.translate_errors(engine), engine.begin() as conn:
         _lock_interval(conn, plan)
+        _check_run_id(conn, plan.run_id, datetime.fromisoformat(plan.interval_start),
+                      datetime.fromisoformat(plan.interval_end))
         # A run re-planned with nothing left to do (all scored by its first publish) keeps that publish's record;
         # otherwise a retried run replaces its row.
         keep_record = not plan.chunks and conn.execute(
@@ -335,11 +388,22 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
         "queue_changes": moves, "flag_rate": round(rate, 5),
         "publish_seconds": round(time.perf_counter() - started, 3),
     }
-    summary["warning"] = flag_rate_warning(rate, recent) if scored else None
+    summary["warning"] = run_warning(plan, read, scored, dict(skipped), rate, recent)
     log.info("run summary: %s", json.dumps(summary, ensure_ascii=False))
     if summary["warning"]:
         log.warning(summary["warning"])
     return summary
+
+
+def run_warning(plan: RunPlan, read: int, scored: int, skipped: dict[str, int], rate: float,
+                recent: list[float]) -> str | None:
+    """What an operator should look at after a run: an empty night, nothing scorable, an odd flag rate."""
+    if read == 0:
+        return (f"no reviews were ingested in [{plan.interval_start}, {plan.interval_end}): "
+                f"check that the import ran for this night")
+    if scored == 0:
+        return f"none of the {read} reviews could be scored (skipped: {json.dumps(skipped, ensure_ascii=False)})"
+    return flag_rate_warning(rate, recent)
 
 
 def flag_rate_warning(rate: float, recent: list[float]) -> str | None:
@@ -351,6 +415,25 @@ def flag_rate_warning(rate: float, recent: list[float]) -> str | None:
         return (f"flag rate {rate:.1%} departs from the mean of the last {len(recent)} runs ({mean:.1%}): "
                 f"check the input data and the active model")
     return None
+
+
+def _check_run_id(conn: Any, run_id: str, start: datetime, end: datetime) -> None:
+    """A run id names one interval: reusing it for another would replace that night's record."""
+    from sqlalchemy import inspect
+
+    if not inspect(conn).has_table(db.scoring_runs.name):
+        return
+    row = conn.execute(select(db.scoring_runs.c.interval_start, db.scoring_runs.c.interval_end)
+                       .where(db.scoring_runs.c.run_id == run_id)).first()
+    if row is None:
+        return
+    def as_utc(moment: datetime) -> datetime:
+        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+    recorded = (as_utc(row[0]), as_utc(row[1]))
+    if recorded != (as_utc(start), as_utc(end)):
+        raise InputDataError(f"run id {run_id!r} already records the interval [{recorded[0].isoformat()}, "
+                             f"{recorded[1].isoformat()}): give this interval its own run id")
 
 
 def _as_plan(plan: RunPlan | dict[str, Any]) -> RunPlan:

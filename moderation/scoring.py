@@ -11,6 +11,14 @@ several batches are scored side by side, one per core
 (:func:`configure_inference_threads`; 1.9x the default on 2 cores). Where
 the model is the seed network, its LSTMs run on TensorFlow's fused kernel
 (:mod:`moderation.fused_lstm`), which computes the same scores faster.
+
+That is the CPU plan. Where Keras sees a GPU, a different plan fits
+(:func:`plan_scoring`, a pure function of the backend, the visible GPUs and
+the environment): the Keras layers (cuDNN's LSTM on TensorFlow), one
+worker, large batches whose shapes come from a small fixed set (so JAX and
+PyTorch do not compile a kernel per batch), full float32 precision, and a
+background thread that cleans and encodes the next slice of reviews while
+the device scores the current one.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import logging
 import math
 import os
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from moderation.errors import SettingError
 from moderation.model import ModelBundle, load_bundle
+from moderation.progress import Progress
 from moderation.text import clean_texts, skip_reasons
-from moderation.vocab import EncodedTexts
+from moderation.vocab import OOV_ID, EncodedTexts
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,22 @@ DEFAULT_BATCH_SIZE = 1024
 #: the fused kernel's per-step gate outputs make about 2.7 KB per character.
 DEFAULT_MAX_BATCH_CHARS = 65_536
 WORKERS_ENV = "MODERATION_SCORING_WORKERS"
+#: ``auto`` (default: the GPU plan where Keras sees a GPU), ``cpu`` or ``gpu`` (an error without one).
+DEVICE_ENV = "MODERATION_SCORING_DEVICE"
+BATCH_ROWS_ENV = "MODERATION_SCORING_BATCH_ROWS"
+BATCH_CHARS_ENV = "MODERATION_SCORING_BATCH_CHARS"
+#: GPU batch defaults, NOT measured on a GPU yet: 8,192 rows of up to 128 characters
+#: is about 40 MB of LSTM activations in float32, far below any data-centre GPU's
+#: memory, and large enough that one batch is thousands of rows per kernel launch.
+GPU_BATCH_ROWS = 8192
+GPU_BATCH_CHARS = 1_048_576
+#: GPU batch widths are rounded up to a multiple of this, and rows up to a count that
+#: depends only on the width: a few dozen shapes in all, each compiled once.
+GPU_WIDTH_STEP = 16
+#: Smallest row count of a GPU batch shape (rows are rounded up to a power of two).
+GPU_MIN_SHAPE_ROWS = 256
+#: Reviews cleaned and encoded per slice on the GPU plan, in batches.
+GPU_SLICE_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -55,21 +81,149 @@ class Scores:
         )
 
 
-def default_workers() -> int:
-    """Batches scored side by side: ``MODERATION_SCORING_WORKERS``, else the CPUs this process may use."""
-    configured = os.environ.get(WORKERS_ENV, "").strip()
-    if configured:
-        try:
-            workers = int(configured)
-        except ValueError:
-            raise ValueError(f"{WORKERS_ENV} must be a whole number, got {configured!r}") from None
-        if workers < 1:
-            raise ValueError(f"{WORKERS_ENV} must be at least 1, got {workers}")
-        return workers
+def _positive_env(env: Mapping[str, str], name: str) -> int | None:
+    """A whole number of at least 1 from ``env[name]``; None when unset or empty."""
+    configured = env.get(name, "").strip()
+    if not configured:
+        return None
+    try:
+        value = int(configured)
+    except ValueError:
+        raise SettingError(f"{name} must be a whole number, got {configured!r}") from None
+    if value < 1:
+        raise SettingError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Batches scored side by side: ``MODERATION_SCORING_WORKERS``, else the CPUs this process may use."""
+    return _positive_env(os.environ, WORKERS_ENV) or usable_cpus()
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """How one process scores: on which device, in which batches, with how many threads.
+
+    ``slice_rows`` None means all rows are cleaned and encoded at once, before
+    the first batch runs (the CPU plan); otherwise slices of that many rows,
+    the next one prepared by a background thread when ``prefetch`` is set.
+    """
+
+    device: str
+    backend: str
+    gpus: tuple[str, ...]
+    workers: int
+    batch_rows: int
+    batch_chars: int
+    fused: bool
+    single_thread_ops: bool
+    prefetch: bool
+    slice_rows: int | None
+    width_step: int
+    fixed_shapes: bool
+
+    def describe(self) -> str:
+        where = f"GPU {', '.join(self.gpus)}" if self.device == "gpu" else "CPU"
+        return (f"{where} on Keras' {self.backend} backend: batches of {self.batch_rows:,} rows / "
+                f"{self.batch_chars:,} characters, {self.workers} worker(s)"
+                + (", next slice prepared in the background" if self.prefetch else ""))
+
+
+def plan_scoring(backend: str, gpus: Sequence[str], env: Mapping[str, str], cpus: int = 1) -> ScoringPlan:
+    """The scoring plan for a Keras backend, the GPUs it sees and the environment; no side effects.
+
+    A visible GPU gets the GPU plan unless ``MODERATION_SCORING_DEVICE=cpu``;
+    ``=gpu`` without a visible GPU is an error rather than a silent CPU run.
+    The CPU plan is the one measured in docs/performance.md, unchanged.
+    """
+    choice = (env.get(DEVICE_ENV, "") or "auto").strip().lower()
+    if choice not in {"auto", "cpu", "gpu"}:
+        raise SettingError(f"{DEVICE_ENV} must be auto, cpu or gpu, got {env.get(DEVICE_ENV)!r}")
+    if choice == "gpu" and not gpus:
+        raise SettingError(f"{DEVICE_ENV}=gpu but Keras' {backend} backend sees no GPU")
+    on_gpu = bool(gpus) and choice != "cpu"
+    rows = _positive_env(env, BATCH_ROWS_ENV) or (GPU_BATCH_ROWS if on_gpu else DEFAULT_BATCH_SIZE)
+    chars = _positive_env(env, BATCH_CHARS_ENV) or (GPU_BATCH_CHARS if on_gpu else DEFAULT_MAX_BATCH_CHARS)
+    if on_gpu:
+        # One stream of work keeps the device busy; a second Python thread would only contend for it.
+        return ScoringPlan(device="gpu", backend=backend, gpus=tuple(gpus), workers=1, batch_rows=rows,
+                           batch_chars=chars, fused=False, single_thread_ops=False, prefetch=True,
+                           slice_rows=rows * GPU_SLICE_BATCHES, width_step=GPU_WIDTH_STEP, fixed_shapes=True)
+    from moderation.fused_lstm import fused_allowed
+
+    return ScoringPlan(device="cpu", backend=backend, gpus=(), workers=_positive_env(env, WORKERS_ENV) or cpus,
+                       batch_rows=rows, batch_chars=chars, fused=fused_allowed(env), single_thread_ops=backend == "tensorflow",
+                       prefetch=False, slice_rows=None, width_step=1, fixed_shapes=False)
+
+
+def visible_gpus(backend: str) -> tuple[str, ...]:
+    """The GPUs Keras' backend would run on, asked in that backend's own terms.
+
+    On TensorFlow this lists devices without starting the runtime, so the
+    thread settings of the CPU plan can still be applied afterwards.
+    """
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tuple(device.name for device in tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        if jax.default_backend() == "cpu":
+            return ()
+        return tuple(str(device) for device in jax.devices() if device.platform != "cpu")
+    if backend == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            return ()
+        return tuple(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+    return ()
+
+
+def current_plan(env: Mapping[str, str] | None = None) -> ScoringPlan:
+    """The plan for this process: its Keras backend, the GPUs that backend sees, its environment."""
+    import keras
+
+    env = os.environ if env is None else env
+    backend = keras.backend.backend()
+    return plan_scoring(backend, visible_gpus(backend), env, usable_cpus())
+
+
+def use_full_precision(backend: str) -> None:
+    """No TF32 or other reduced-precision matmuls: GPU scores must equal CPU scores within 1e-4.
+
+    TensorFlow and JAX use TF32 for float32 matrix products on recent NVIDIA
+    GPUs by default (about 1e-3 relative error); a review near the threshold
+    would be flagged on one device and not on the other.
+    """
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    elif backend == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+    elif backend == "torch":
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def reduced_precision_layers(model: Any) -> list[str]:
+    """Layers that compute in less than float32 (a mixed-precision policy); empty when none do."""
+    return [f"{layer.name} ({layer.dtype_policy.compute_dtype})" for layer in getattr(model, "layers", [])
+            if getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32") != "float32"]
 
 
 def configure_inference_threads(workers: int | None = None) -> bool:
@@ -101,63 +255,162 @@ def configure_inference_threads(workers: int | None = None) -> bool:
 
 
 def load_scorer(model_dir: str | os.PathLike[str], threshold: float | None = None,
-                batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None) -> Scorer:
-    """A Scorer for a model directory, with TensorFlow's threading set for inference first."""
-    workers = workers or default_workers()
-    configure_inference_threads(workers)
-    return Scorer(load_bundle(model_dir), batch_size=batch_size, threshold=threshold, workers=workers)
+                batch_size: int | None = None, workers: int | None = None) -> Scorer:
+    """A Scorer for a model directory on this process's plan, its threading set before the model loads."""
+    plan = current_plan()
+    if plan.single_thread_ops:
+        configure_inference_threads(workers or plan.workers)
+    if plan.device == "gpu":
+        use_full_precision(plan.backend)
+    log.info("scoring plan: %s", plan.describe())
+    return Scorer(load_bundle(model_dir), batch_size=batch_size, threshold=threshold, workers=workers, plan=plan)
 
 
 class Scorer:
     """Scores review texts with one loaded model; build once per task, reuse per chunk."""
 
-    def __init__(self, bundle: ModelBundle, batch_size: int = DEFAULT_BATCH_SIZE, threshold: float | None = None,
+    def __init__(self, bundle: ModelBundle, batch_size: int | None = None, threshold: float | None = None,
                  workers: int | None = None, fused: bool | None = None,
-                 max_batch_chars: int = DEFAULT_MAX_BATCH_CHARS):
-        from moderation.fused_lstm import fused_allowed
-
+                 max_batch_chars: int | None = None, plan: ScoringPlan | None = None):
+        """Arguments left as None come from ``plan`` (by default :func:`current_plan`)."""
+        plan = plan or current_plan()
+        batch_size = plan.batch_rows if batch_size is None else batch_size
+        max_batch_chars = plan.batch_chars if max_batch_chars is None else max_batch_chars
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if max_batch_chars < 1:
             raise ValueError(f"max_batch_chars must be at least 1, got {max_batch_chars}")
+        reduced = reduced_precision_layers(bundle.model)
+        if reduced:
+            raise ValueError(f"scoring needs float32 layers, but {', '.join(reduced)} compute in less: "
+                             "flags near the threshold would depend on the device")
         self.bundle = bundle
+        self.plan = plan
         self.batch_size = batch_size
         self.max_batch_chars = max_batch_chars
         self.threshold = bundle.threshold if threshold is None else threshold
-        forward = _compiled_forward(bundle.model, fused_allowed() if fused is None else fused)
+        forward = _compiled_forward(bundle.model, plan.fused if fused is None else fused)
         self._predict = forward.predict
         self.forward_kind = forward.kind
-        self.workers = (workers or default_workers()) if forward.thread_safe else 1
+        self.workers = (workers or plan.workers) if forward.thread_safe else 1
 
-    def score_texts(self, texts: Iterable[str | None] | pd.Series) -> Scores:
+    def score_texts(self, texts: Iterable[str | None] | pd.Series, progress: Progress | None = None) -> Scores:
+        """Scores in input order; ``progress`` advances by each finished batch's rows (skipped rows at once)."""
         raw = texts if isinstance(texts, pd.Series) else pd.Series(list(texts), dtype=object)
         raw = raw.reset_index(drop=True)
+        scores = np.full(len(raw), np.nan, dtype=np.float64)
+        slices = self._slices(len(raw))
+        reasons = []
+        for start, prepared in self._prepared(raw, slices):
+            reasons.append(prepared.reasons)
+            skipped = len(prepared.reasons) - len(prepared.positions)
+            if progress is not None and skipped:
+                progress.advance(skipped)
+            if prepared.batches is not None:
+                for rows, matrix in prepared.batches:
+                    scores[start + prepared.positions[rows]] = self._predict(matrix)[: len(rows)]
+                    if progress is not None:
+                        progress.advance(len(rows))
+            elif prepared.encoded is not None:
+                scores[start + prepared.positions] = self.predict_encoded(prepared.encoded, progress)
+        skip_reason = reasons[0] if len(reasons) == 1 else pd.concat(reasons, ignore_index=True)
+        scorable = skip_reason.isna().to_numpy()
+        flagged = np.where(scorable, scores >= self.threshold, False)
+        return Scores(score=scores, skip_reason=skip_reason, flagged=flagged)
+
+    def _slices(self, n: int) -> list[tuple[int, int]]:
+        """Row ranges cleaned and encoded together: all rows at once unless the plan slices them."""
+        step = self.plan.slice_rows or max(n, 1)
+        return [(start, min(start + step, n)) for start in range(0, max(n, 1), step)]
+
+    def _prepared(self, raw: pd.Series, slices: list[tuple[int, int]]) -> Iterator[tuple[int, _Prepared]]:
+        """Each slice cleaned, encoded (and on the GPU plan batched and padded), in order.
+
+        With ``prefetch`` a background thread prepares slice k+1 while the
+        caller scores slice k: cleaning is Arrow and NumPy work that releases
+        the GIL, and the device's work is launched from the calling thread.
+        """
+        if not self.plan.prefetch or len(slices) == 1:
+            for start, stop in slices:
+                yield start, self._prepare(raw.iloc[start:stop].reset_index(drop=True))
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer-prepare") as helper:
+            pending = helper.submit(self._prepare, raw.iloc[slices[0][0]:slices[0][1]].reset_index(drop=True))
+            for index, (start, _) in enumerate(slices):
+                prepared = pending.result()
+                if index + 1 < len(slices):
+                    low, high = slices[index + 1]
+                    pending = helper.submit(self._prepare, raw.iloc[low:high].reset_index(drop=True))
+                yield start, prepared
+
+    def _prepare(self, raw: pd.Series) -> _Prepared:
         cleaned = clean_texts(raw)
         reasons = skip_reasons(raw, cleaned)
         scorable = reasons.isna().to_numpy()
-        scores = np.full(len(raw), np.nan, dtype=np.float64)
-        if scorable.any():
-            encoded = self.bundle.vocab.encode(cleaned[scorable].tolist(), self.bundle.card.max_len)
-            scores[scorable] = self.predict_encoded(encoded)
-        flagged = np.where(scorable, scores >= self.threshold, False)
-        return Scores(score=scores, skip_reason=reasons, flagged=flagged)
+        positions = np.flatnonzero(scorable)
+        if not len(positions):
+            return _Prepared(reasons, positions, None, None)
+        encoded = self.bundle.vocab.encode(cleaned[scorable].tolist(), self.bundle.card.max_len)
+        if not self.plan.fixed_shapes:
+            return _Prepared(reasons, positions, encoded, None)
+        return _Prepared(reasons, positions, encoded, self.fixed_shape_batches(encoded))
 
-    def predict_encoded(self, encoded: EncodedTexts) -> np.ndarray:
+    def fixed_shape_batches(self, encoded: EncodedTexts) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(rows, right-padded matrix) per batch, shapes drawn from a small fixed set.
+
+        Widths are rounded up to ``width_step``, rows up to a power of two (at
+        least ``GPU_MIN_SHAPE_ROWS``, at most the width's full batch of
+        ``min(batch_size, max_batch_chars // w)``). The added rows hold one
+        character (never all padding: cuDNN's masked LSTM needs at least one
+        step per row) and their scores are dropped. On a GPU a batch costs
+        about its width in sequential steps whatever its rows, so extra rows
+        are cheap and a new shape (a compilation on JAX) is not.
+        """
+        step = self.plan.width_step
+        rounded = -(-np.maximum(encoded.lengths, 1) // step) * step
+        batches = []
+        for rows in length_sorted_batches(rounded, self.batch_size, self.max_batch_chars):
+            width = int(rounded[rows[-1]])
+            matrix = encoded.padded(rows, width=width)
+            full = max(1, min(self.batch_size, self.max_batch_chars // width))
+            shape_rows = min(full, max(GPU_MIN_SHAPE_ROWS, 1 << (len(rows) - 1).bit_length()))
+            if shape_rows > len(rows):
+                filler = np.zeros((shape_rows - len(rows), width), dtype=matrix.dtype)
+                filler[:, 0] = OOV_ID
+                matrix = np.concatenate([matrix, filler])
+            batches.append((rows, matrix))
+        return batches
+
+    def predict_encoded(self, encoded: EncodedTexts, progress: Progress | None = None) -> np.ndarray:
         """Scores of encoded rows in their original order; batches run ``workers`` at a time."""
         out = np.empty(len(encoded), dtype=np.float64)
         batches = length_sorted_batches(encoded.lengths, self.batch_size, self.max_batch_chars)
 
-        def score(rows: np.ndarray) -> None:
+        def score(rows: np.ndarray) -> int:
             out[rows] = self._predict(encoded.padded(rows))
+            return len(rows)
 
         if self.workers == 1 or len(batches) == 1:
             for rows in batches:
-                score(rows)
+                done = score(rows)
+                if progress is not None:
+                    progress.advance(done)
         else:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="scorer") as pool:
-                for done in pool.map(score, batches):
-                    del done  # map re-raises a worker's error here
+                for done in pool.map(score, batches):  # map re-raises a worker's error here
+                    if progress is not None:
+                        progress.advance(done)
         return out
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One slice ready for the device: skip reasons, where its scorable rows are, their ids and batches."""
+
+    reasons: pd.Series
+    positions: np.ndarray
+    encoded: EncodedTexts | None
+    batches: list[tuple[np.ndarray, np.ndarray]] | None
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int, max_chars: int) -> list[np.ndarray]:

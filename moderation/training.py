@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -25,8 +26,12 @@ import numpy as np
 import pandas as pd
 
 from moderation import metrics
-from moderation.data import Split, balance_classes, fingerprint, load_labelled, split_by_group
+from moderation.data import (DEFAULT_TEST_FRACTION, DEFAULT_VALIDATION_FRACTION, Split, balance_classes, check_split,
+                             fingerprint, load_labelled, split_by_group)
+from moderation.errors import ModerationError
 from moderation.model import CURVE_FILE, ModelBundle, ModelCard, build_model, save_bundle
+from moderation.progress import Progress
+from moderation.progress import progress as progress_bar
 from moderation.scoring import Scorer
 from moderation.text import CLEANING_VERSION, clean_texts
 from moderation.vocab import CharVocab, EncodedTexts
@@ -46,8 +51,8 @@ class TrainingConfig:
     min_char_freq: int = 3
     patience: int = 2
     lr_decay_factor: float = 0.3
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    test_fraction: float = DEFAULT_TEST_FRACTION
     seed: int = 13
     max_train_rows: int | None = None
     verbose: int = 2
@@ -58,18 +63,44 @@ def version_name(prefix: str = "ko-char-lstm") -> str:
 
 
 def train_from_file(data_path: Path | str, out_dir: Path | str, config: TrainingConfig | None = None,
-                    version: str | None = None) -> ModelBundle:
+                    version: str | None = None, progress: bool = False) -> ModelBundle:
     """Load a labelled file, split it by item and train; see :func:`train_on_split`."""
     config = config or TrainingConfig()
     frame = load_labelled(data_path)
     split = split_by_group(frame, config.validation_fraction, config.test_fraction, config.seed)
+    check_split(split, require_test=config.test_fraction > 0, source=str(data_path))
     source = {"path": str(data_path), "rows_labelled": int(len(frame))}
-    return train_on_split(split, Path(out_dir), config, version or Path(out_dir).name, source)
+    return train_on_split(split, Path(out_dir), config, version or Path(out_dir).name, source, progress=progress)
+
+
+def _validate_config(config: TrainingConfig) -> None:
+    """Refuse settings that cannot train (they would fail late, or train a model that flags everything)."""
+    checks = [
+        ("epochs", config.epochs, isinstance(config.epochs, int) and config.epochs >= 1, "at least 1"),
+        ("batch size", config.batch_size, isinstance(config.batch_size, int) and config.batch_size >= 1, "at least 1"),
+        ("learning rate", config.learning_rate,
+         isinstance(config.learning_rate, (int, float)) and math.isfinite(config.learning_rate)
+         and 0 < config.learning_rate <= 1, "above 0 and at most 1"),
+        ("max length", config.max_len, isinstance(config.max_len, int) and config.max_len >= 1, "at least 1"),
+        ("patience", config.patience, isinstance(config.patience, int) and config.patience >= 0, "at least 0"),
+        ("max train rows", config.max_train_rows,
+         config.max_train_rows is None or (isinstance(config.max_train_rows, int) and config.max_train_rows >= 1),
+         "at least 1"),
+    ]
+    for name, value, ok, rule in checks:
+        if not ok:
+            raise ModerationError(f"{name} must be {rule}, not {value!r}")
 
 
 def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version: str,
-                   source: dict[str, Any] | None = None) -> ModelBundle:
-    """Train on ``split.train``, stop on ``split.validation``, report on a balanced ``split.test``."""
+                   source: dict[str, Any] | None = None, progress: bool = False) -> ModelBundle:
+    """Train on ``split.train``, stop on ``split.validation``, report on a balanced ``split.test``.
+
+    With ``progress``, epochs and evaluation are reported on stderr (see
+    :mod:`moderation.progress`) instead of Keras' lines.
+    """
+    _validate_config(config)
+    check_split(split)
     keras.utils.set_random_seed(config.seed)
     train = split.train
     if config.max_train_rows and len(train) > config.max_train_rows:
@@ -88,23 +119,23 @@ def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version:
     train_batches = BucketedBatches(train_ids, y_train, config.batch_size, weights, shuffle=True, seed=config.seed)
     val_batches = BucketedBatches(val_ids, split.validation["label"].to_numpy(np.float32), 2048, None, shuffle=False)
     started = time.perf_counter()
+    reporter = [EpochProgress(config.epochs, len(train_batches))] if progress else []
     history = model.fit(
         train_batches,
         validation_data=val_batches,
         epochs=config.epochs,
-        verbose=config.verbose,
+        verbose=0 if progress else config.verbose,
         callbacks=[
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=config.patience,
                                           restore_best_weights=True),
             keras.callbacks.TerminateOnNaN(),
             *_lr_decay(config),
+            *reporter,
         ],
     )
     seconds = time.perf_counter() - started
     losses = history.history.get("loss", [])
     if not losses or any(not math.isfinite(v) for v in losses):
-        from moderation.errors import ModerationError
-
         raise ModerationError("training diverged (loss became NaN); try a lower learning rate")
 
     card = ModelCard(
@@ -133,13 +164,22 @@ def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version:
     )
     bundle = ModelBundle(path=out_dir, model=model, vocab=vocab, card=card)
     scorer = Scorer(bundle)
-    val_scores = scorer.score_texts(split.validation["text"]).score
-    valid = ~np.isnan(val_scores)
-    card.threshold = round(metrics.best_threshold(split.validation["label"].to_numpy()[valid], val_scores[valid]), 6)
-    card.metrics = {"validation": metrics.summary(split.validation["label"].to_numpy()[valid], val_scores[valid], card.threshold)}
-    if len(split.test):
-        card.metrics["test_balanced"] = evaluate_frame(Scorer(bundle), balance_classes(split.test, config.seed))
-        card.metrics["test"] = evaluate_frame(Scorer(bundle), split.test)
+    balanced_test = balance_classes(split.test, config.seed) if len(split.test) else split.test
+    to_score = len(split.validation) + len(balanced_test) + len(split.test)
+    with progress_bar("evaluating", to_score, enabled=progress) as evaluated:
+        val_scores = scorer.score_texts(split.validation["text"], evaluated).score
+        valid = ~np.isnan(val_scores)
+        val_labels = split.validation["label"].to_numpy()[valid]
+        card.threshold = round(metrics.best_threshold(val_labels, val_scores[valid]), 6)
+        card.metrics = {"validation": metrics.summary(val_labels, val_scores[valid], card.threshold)}
+        if not 0.0 < card.threshold < 1.0:
+            raise ModerationError(
+                f"training produced no usable model: the best validation threshold is {card.threshold} "
+                f"(validation ROC-AUC {card.metrics['validation'].get('roc_auc')}), so it would flag every review "
+                f"or none; check the labels, or train longer or with another learning rate")
+        if len(split.test):
+            card.metrics["test_balanced"] = evaluate_frame(Scorer(bundle), balanced_test, evaluated)
+            card.metrics["test"] = evaluate_frame(Scorer(bundle), split.test, evaluated)
     save_bundle(out_dir, model, vocab, card)
     plot_history(history.history, out_dir / CURVE_FILE, title=version)
     return bundle
@@ -153,9 +193,35 @@ def _lr_decay(config: TrainingConfig) -> list[Any]:
                                               patience=1, min_lr=1e-5, verbose=1 if config.verbose else 0)]
 
 
-def evaluate_frame(scorer: Scorer, frame: pd.DataFrame) -> dict[str, Any]:
+class EpochProgress(keras.callbacks.Callback):
+    """Training progress on stderr: batches of each epoch, then the epoch's loss and validation ROC-AUC."""
+
+    def __init__(self, epochs: int, batches: int):
+        super().__init__()
+        self.epochs, self.batches = epochs, batches
+        self._bar: Any = None
+        self._context: Any = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._context = progress_bar(f"epoch {epoch + 1}/{self.epochs}", self.batches, unit="batches")
+        self._bar = self._context.__enter__()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._bar is not None:
+            self._bar.advance(1)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+            self._context = self._bar = None
+        logs = logs or {}
+        shown = ", ".join(f"{k} {float(logs[k]):.4f}" for k in ("loss", "auc", "val_loss", "val_auc") if k in logs)
+        print(f"epoch {epoch + 1}/{self.epochs}: {shown}", file=sys.stderr, flush=True)
+
+
+def evaluate_frame(scorer: Scorer, frame: pd.DataFrame, progress: Progress | None = None) -> dict[str, Any]:
     """Metrics of ``scorer`` on labelled rows; rows without a score are counted, not hidden."""
-    scores = scorer.score_texts(frame["text"]).score
+    scores = scorer.score_texts(frame["text"], progress).score
     valid = ~np.isnan(scores)
     result: dict[str, Any] = metrics.summary(frame["label"].to_numpy()[valid], scores[valid], scorer.threshold)
     result["skipped"] = int((~valid).sum())

@@ -1,4 +1,4 @@
-"""The Docker deployment (Dockerfile, docker-compose.yml, docker/), checked without an engine.
+"""The Docker deployment (Dockerfile, docker-compose.yml, docker/, the lock files), checked without an engine.
 
 CI machines have no Docker daemon, so a broken compose file would otherwise
 only show on the day someone deploys. The file is parsed with PyYAML and its
@@ -26,14 +26,19 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
 INIT_SCRIPT = ROOT / "docker" / "airflow-init.sh"
+INSTALL_SCRIPT = ROOT / "docker" / "install-locked.sh"
+CPU_LOCK = ROOT / "constraints.txt"
+GPU_LOCK = ROOT / "constraints-gpu.txt"
 PG_INIT_SCRIPT = ROOT / "docker" / "postgres-init" / "10-databases.sh"
 
 ONE_SHOT = {"airflow-init"}
 LONG_RUNNING = {"postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                "airflow-triggerer", "broker", "airflow-worker"}
-CELERY_ONLY = {"broker", "airflow-worker"}
+                "airflow-triggerer", "broker", "airflow-worker", "airflow-gpu-worker"}
+#: Services that start only with a profile, and their profiles (gpu is celery plus the GPU worker).
+PROFILED = {"broker": ["celery", "gpu"], "airflow-worker": ["celery", "gpu"], "airflow-gpu-worker": ["gpu"]}
+GPU_WORKER = "airflow-gpu-worker"
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                    "airflow-triggerer", "airflow-worker"}
+                    "airflow-triggerer", "airflow-worker", GPU_WORKER}
 #: Secrets without which the stack must refuse to start (compose's ${VAR:?message}).
 REQUIRED_SECRETS = {"POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "REVIEWS_DB_PASSWORD", "REVIEWS_SCORER_PASSWORD",
                     "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "_AIRFLOW_ADMIN_PASSWORD"}
@@ -112,9 +117,47 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return result
 
 
+def dockerfile_stages(instructions: list[tuple[str, str]]) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Stage name -> (what it is built FROM, its own instructions), in file order."""
+    stages: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    starts = [i for i, (ins, _) in enumerate(instructions) if ins == "FROM"] + [len(instructions)]
+    for begin, end in zip(starts, starts[1:]):
+        words = instructions[begin][1].split()
+        name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else f"stage-{len(stages)}"
+        stages[name] = (words[0], instructions[begin:end])
+    return stages
+
+
+def resolved_stage(instructions: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
+    """A stage with the instructions of the stages it is built FROM first, as the image has them."""
+    stages = dockerfile_stages(instructions)
+    base, own = stages[name]
+    return (resolved_stage(instructions, base) if base in stages else []) + own
+
+
 def final_stage(instructions: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    starts = [i for i, (ins, _) in enumerate(instructions) if ins == "FROM"]
-    return instructions[starts[-1]:]
+    """The default target (the last stage), with what it inherits."""
+    return resolved_stage(instructions, list(dockerfile_stages(instructions))[-1])
+
+
+def venv_source(stage: list[tuple[str, str]]) -> str:
+    """The build stage whose /opt/venv a runtime stage copies."""
+    sources = [re.search(r"--from=(\S+)", args).group(1) for ins, args in stage  # type: ignore[union-attr]
+               if ins == "COPY" and "--from=" in args and "/opt/venv" in args]
+    assert len(sources) == 1, sources
+    return sources[0]
+
+
+def lock_pins(path: Path) -> dict[str, str]:
+    """name -> version of a lock file (names normalised as pip does)."""
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep, f"{path.name}: not pinned: {line!r}"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
 
 
 def dockerfile_env(stage: list[tuple[str, str]]) -> dict[str, str]:
@@ -150,6 +193,10 @@ def test_airflow_services_run_the_airflow_3_commands(services: dict[str, Any]) -
     assert commands["airflow-triggerer"] == ["airflow", "triggerer"]
     assert commands["airflow-worker"] == ["airflow", "celery", "worker"]
     assert "airflow-init.sh" in " ".join(commands["airflow-init"])
+    gpu = " ".join(commands[GPU_WORKER])
+    assert 'exec airflow celery worker --queues "$$MODERATION_SCORING_QUEUE" --concurrency 1' in gpu
+    for name in ("MODERATION_SCORING_QUEUE", "MODERATION_SCORING_POOL"):  # refuses to start without routing
+        assert f'test -n "$${name}" || {{ echo "{name} is empty' in gpu
 
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
@@ -178,6 +225,7 @@ def test_dependencies_wait_for_health_or_completion(services: dict[str, Any]) ->
         assert "airflow-init" in dependencies(services[name]), f"{name} must wait for airflow-init"
         assert "postgres" in dependencies(services[name]), f"{name} must wait for postgres"
     assert "broker" in dependencies(services["airflow-worker"])
+    assert "broker" in dependencies(services[GPU_WORKER])
     # The scheduler waits for the broker only when the celery profile runs it.
     assert dependencies(services["airflow-scheduler"])["broker"].get("required") is False
 
@@ -185,8 +233,8 @@ def test_dependencies_wait_for_health_or_completion(services: dict[str, Any]) ->
 def test_celery_is_a_profile_and_local_executor_the_default(services: dict[str, Any]) -> None:
     for name, service in services.items():
         profiles = service.get("profiles")
-        if name in CELERY_ONLY:
-            assert profiles == ["celery"], f"{name} belongs to the celery profile"
+        if name in PROFILED:
+            assert profiles == PROFILED[name], f"{name} belongs to the profiles {PROFILED[name]}"
         else:
             assert not profiles, f"{name} must start without a profile"
     for name in AIRFLOW_SERVICES:
@@ -195,11 +243,42 @@ def test_celery_is_a_profile_and_local_executor_the_default(services: dict[str, 
 
 
 def test_all_airflow_services_share_one_image_built_from_the_dockerfile(services: dict[str, Any]) -> None:
-    images = {services[name].get("image") for name in AIRFLOW_SERVICES}
+    cpu_services = AIRFLOW_SERVICES - {GPU_WORKER}
+    images = {services[name].get("image") for name in cpu_services}
     assert len(images) == 1 and None not in images
     for name in AIRFLOW_SERVICES:
         build = services[name].get("build") or {}
         assert build.get("context") == ".", f"{name} must be built from the Dockerfile"
+    for name in cpu_services:  # the default target: the CPU runtime
+        assert "target" not in services[name]["build"], f"{name} must use the Dockerfile's default target"
+    # The GPU worker: its own tag, the same Dockerfile, the GPU target, with the Celery provider.
+    gpu = services[GPU_WORKER]
+    assert gpu["image"] not in images and gpu["image"].startswith("${MODERATION_GPU_IMAGE:-")
+    assert gpu["build"]["target"] == "runtime-gpu"
+    assert gpu["build"]["target"] in dockerfile_stages(dockerfile_instructions())
+    assert gpu["build"]["args"]["PROJECT_EXTRAS"] == "celery"
+
+
+def test_the_gpu_worker_reserves_an_nvidia_gpu_and_takes_only_the_scoring_queue(
+        compose_text: str, services: dict[str, Any]) -> None:
+    from moderation.airflow_support import SCORING_POOL_ENV, SCORING_QUEUE_ENV
+
+    gpu = services[GPU_WORKER]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    env = environment(gpu)
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert env["MODERATION_SCORING_DEVICE"] == "${MODERATION_SCORING_DEVICE:-gpu}"  # no silent CPU run
+    # The queue the worker reads is the one the DAG routes score_chunk to, parsed from the same
+    # variables in every Airflow service (the DAG processor parses, the workers run).
+    for name in AIRFLOW_SERVICES:
+        service_env = environment(services[name])
+        assert service_env[SCORING_QUEUE_ENV] == f"${{{SCORING_QUEUE_ENV}:-}}", name
+        assert service_env[SCORING_POOL_ENV] == f"${{{SCORING_POOL_ENV}:-}}", name
+    assert environment(services["airflow-init"])["MODERATION_SCORING_POOL_SLOTS"] == "${MODERATION_SCORING_POOL_SLOTS:-1}"
+    for name in AIRFLOW_SERVICES - {GPU_WORKER}:
+        assert "deploy" not in services[name] and "TF_FORCE_GPU_ALLOW_GROWTH" not in environment(services[name])
+    assert services[GPU_WORKER]["healthcheck"]["test"] == services["airflow-worker"]["healthcheck"]["test"]
 
 
 # ----------------------------------------------------------------------------- volumes and ports
@@ -222,7 +301,7 @@ def test_named_volumes_hold_postgres_data_and_run_files(compose: dict[str, Any],
     assert {"postgres-data", "moderation-var"} <= named
     assert ("postgres-data", "/var/lib/postgresql/data", False) in _mounts(services["postgres"])
     home = dockerfile_env(final_stage(dockerfile_instructions()))["MODERATION_HOME"]
-    for name in ("airflow-scheduler", "airflow-worker"):  # the services that run tasks
+    for name in ("airflow-scheduler", "airflow-worker", GPU_WORKER):  # the services that run tasks
         assert ("moderation-var", home, False) in _mounts(services[name]), f"{name} needs the run files at {home}"
     for name, service in services.items():
         for source, target, _ in _mounts(service):
@@ -317,7 +396,7 @@ def test_compose_config_validates_with_docker(tmp_path: Path) -> None:
     good.write_text("".join(f"{k}=\"{'x' + uuid.uuid4().hex if v == PLACEHOLDER else v}\"\n"
                             for k, v in env_example().items()), encoding="utf-8")
     base = [docker, "compose", "--project-directory", str(ROOT), "-f", str(COMPOSE)]
-    for profile in ([], ["--profile", "celery"]):
+    for profile in ([], ["--profile", "celery"], ["--profile", "gpu"]):
         result = subprocess.run([*base, "--env-file", str(good), *profile, "config", "-q"],
                                 capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stderr
@@ -333,15 +412,52 @@ def test_compose_config_validates_with_docker(tmp_path: Path) -> None:
 
 def test_dockerfile_builds_from_python_slim_with_the_lock_file() -> None:
     instructions = dockerfile_instructions()
-    froms = [args.split()[0] for ins, args in instructions if ins == "FROM"]
-    assert froms and all(image == "python:3.11-slim" for image in froms), froms
+    stages = dockerfile_stages(instructions)
+    seen: set[str] = set()
+    for name, (base, _) in stages.items():  # every stage: python:3.11-slim or a stage defined above it
+        assert base == "python:3.11-slim" or base in seen, f"stage {name} is built FROM {base}"
+        seen.add(name)
     copies = " ".join(args for ins, args in instructions if ins == "COPY")
-    assert "constraints.txt" in copies
-    installs = [args for ins, args in instructions
-                if ins == "RUN" and re.search(r"\b(uv pip|pip) install\b", args) and "-c constraints.txt" in args]
-    assert installs, "the project must be installed with -c constraints.txt"
-    assert any(re.search(r"-c constraints\.txt\s+\S*/src|-c constraints\.txt\s+\.", args) for args in installs), (
-        "the project itself must be installed under the constraints")
+    assert "constraints.txt" in copies and "constraints-gpu.txt" in copies
+    # Each runtime target copies the virtualenv of a build stage that installs with its own lock.
+    for target, lock, variant in (("runtime", "constraints.txt", "cpu"), ("runtime-gpu", "constraints-gpu.txt", "gpu")):
+        build = resolved_stage(instructions, venv_source(resolved_stage(instructions, target)))
+        installs = [args for ins, args in build if ins == "RUN" and "install-locked.sh" in args]
+        assert len(installs) == 1, f"{target}: one locked install, got {installs}"
+        assert re.search(rf"install-locked\.sh {re.escape(lock)} \"{variant}\$\{{PROJECT_EXTRAS:\+,", installs[0]), installs[0]
+    assert list(stages)[-1] == "runtime", "the default target (the last stage) must stay the CPU runtime"
+    # The script installs the project itself under the lock, then refuses anything the lock does not pin.
+    script = INSTALL_SCRIPT.read_text(encoding="utf-8")
+    assert 'uv pip install --python "$python" -c "$lock" "${src}[${extras}]"' in script
+    assert 'uv pip check --python "$python"' in script and "comm -23" in script
+    assert subprocess.run(["bash", "-n", str(INSTALL_SCRIPT)], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(("extras", "message"), [
+    ("celery", "name the TensorFlow variant"),
+    ("cpu,gpu", "exclude each other"),
+    ("gpu,celery,cpu", "exclude each other"),
+])
+def test_install_script_refuses_both_or_neither_tensorflow(extras: str, message: str, tmp_path: Path) -> None:
+    """Checked before anything is installed (PATH has no uv)."""
+    bash = shutil.which("bash")
+    assert bash
+    result = subprocess.run([bash, str(INSTALL_SCRIPT), str(CPU_LOCK), extras], capture_output=True, text=True,
+                            env={"PATH": "/nonexistent", "VENV_PYTHON": str(tmp_path / "python")},
+                            check=False, timeout=30)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_the_gpu_target_carries_tensorflow_with_cuda_and_grows_gpu_memory() -> None:
+    instructions = dockerfile_instructions()
+    gpu, cpu = resolved_stage(instructions, "runtime-gpu"), final_stage(instructions)
+    assert venv_source(gpu) == "build-gpu" and venv_source(cpu) == "build"
+    assert dockerfile_env(gpu)["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    assert "TF_FORCE_GPU_ALLOW_GROWTH" not in dockerfile_env(cpu)
+    checks = " ".join(args for ins, args in gpu if ins == "RUN")
+    assert "tf.test.is_built_with_cuda()" in checks and "moderation --version" in checks
+    # Everything but the virtualenv and the build checks is the same in both targets.
+    assert {k: v for k, v in dockerfile_env(gpu).items() if k != "TF_FORCE_GPU_ALLOW_GROWTH"} == dockerfile_env(cpu)
 
 
 def test_dockerfile_copies_dags_models_and_sql_into_the_runtime_image() -> None:
@@ -364,13 +480,43 @@ def test_dockerfile_copies_dags_models_and_sql_into_the_runtime_image() -> None:
     assert (ROOT / "models" / shipped / "card.json").is_file(), "the default model must be the shipped one"
 
 
-def test_dockerfile_runs_as_a_non_root_user_with_the_cli() -> None:
-    stage = final_stage(dockerfile_instructions())
+@pytest.mark.parametrize("target", ["runtime", "runtime-gpu"])
+def test_dockerfile_runs_as_a_non_root_user_with_the_cli(target: str) -> None:
+    stage = resolved_stage(dockerfile_instructions(), target)
     users = [args for ins, args in stage if ins == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}, "the image must not run as root"
     runs_after_user = [args for ins, args in stage[[i for i, (ins, _) in enumerate(stage) if ins == "USER"][-1]:]
                        if ins == "RUN"]
     assert any("moderation --version" in args for args in runs_after_user), "the build must prove the CLI runs"
+
+
+# ----------------------------------------------------------------------------- lock files and make targets
+
+
+def test_the_two_locks_differ_only_in_tensorflow_and_its_cuda_libraries() -> None:
+    cpu, gpu = lock_pins(CPU_LOCK), lock_pins(GPU_LOCK)
+    assert cpu["tensorflow-cpu"].startswith("2.21.") and "tensorflow" not in cpu
+    assert gpu["tensorflow"] == cpu["tensorflow-cpu"] and "tensorflow-cpu" not in gpu
+    assert {name for name in gpu if name.startswith("nvidia-cudnn")}, "the GPU lock must carry cuDNN"
+    shared = cpu.keys() & gpu.keys()
+    assert {name: (cpu[name], gpu[name]) for name in shared if cpu[name] != gpu[name]} == {}
+    assert set(cpu) - shared == {"tensorflow-cpu"}
+    assert all(name == "tensorflow" or name.startswith("nvidia-") for name in set(gpu) - shared)
+
+
+def test_tensorflow_comes_from_exactly_one_extra() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert not [dep for dep in project["dependencies"] if dep.startswith("tensorflow")]
+    extras = project["optional-dependencies"]
+    assert extras["cpu"] == ["tensorflow-cpu==2.21.*"] and extras["gpu"] == ["tensorflow[and-cuda]==2.21.*"]
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    # `make demo` and `make test` stay CPU; the GPU variant has its own virtualenv and lock.
+    assert "-c constraints.txt -e '.[cpu,test]'" in makefile
+    assert "-c constraints-gpu.txt -e '.[gpu,test]'" in makefile and "GPU_VENV := .venv-gpu" in makefile
+    assert re.search(r"^install-gpu: \$\(GPU_STAMP\)$", makefile, re.M)
+    assert ".venv-gpu" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
 
 
 # ----------------------------------------------------------------------------- set-up scripts
@@ -420,6 +566,10 @@ def _valid_init_env() -> dict[str, str]:
     ({"REVIEWS_DB_PASSWORD": "p@ss/word"}, "REVIEWS_DB_PASSWORD may only contain"),
     ({"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "CELERY_BROKER_PASSWORD": PLACEHOLDER},
      "CELERY_BROKER_PASSWORD still holds the placeholder"),
+    ({"MODERATION_SCORING_QUEUE": "gpu"}, "MODERATION_SCORING_QUEUE=gpu needs AIRFLOW__CORE__EXECUTOR=CeleryExecutor"),
+    ({"MODERATION_SCORING_QUEUE": "gpu; rm -rf /"}, "MODERATION_SCORING_QUEUE may only contain"),
+    ({"MODERATION_SCORING_POOL": "gpu_scoring", "MODERATION_SCORING_POOL_SLOTS": "0"},
+     "MODERATION_SCORING_POOL_SLOTS must be a whole number of at least 1"),
 ])
 def test_init_script_refuses_missing_or_placeholder_secrets(change: dict[str, str], message: str) -> None:
     bash = shutil.which("bash")
@@ -439,6 +589,19 @@ def test_init_script_accepts_real_values() -> None:
                             check=False, timeout=30)
     assert "migrating the Airflow metadata database" in result.stdout, result.stderr
     assert result.returncode == 127 and "airflow: command not found" in result.stderr  # PATH has no airflow
+
+
+def test_init_script_accepts_the_gpu_profile_settings_and_creates_the_pool() -> None:
+    bash = shutil.which("bash")
+    assert bash
+    env = _valid_init_env() | {"AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "MODERATION_SCORING_QUEUE": "gpu",
+                               "MODERATION_SCORING_POOL": "gpu_scoring"}
+    result = subprocess.run([bash, str(INIT_SCRIPT)], env=env, capture_output=True, text=True, check=False, timeout=30)
+    assert "MODERATION_SCORING" not in result.stderr, result.stderr
+    # (it stops at the Celery provider check: PATH has no python either)
+    text = INIT_SCRIPT.read_text(encoding="utf-8")
+    assert 'airflow pools set "$SCORING_POOL" "$SCORING_POOL_SLOTS"' in text
+    assert 'SCORING_POOL_SLOTS="${MODERATION_SCORING_POOL_SLOTS:-1}"' in text
 
 
 @pytest.mark.postgres

@@ -97,7 +97,7 @@ def test_every_job_runs_as_its_deployed_role(stack: dict[str, str], tmp_path: Pa
 
     # The nightly job as the scorer: a temporary staging table, scores, flags, events.
     summary = pipeline.run_nightly(stack["scorer"], DAY, DAY + timedelta(days=1), run_id="scheduled__stack",
-                                   threshold=0.0, work_dir=tmp_path / "chunks")
+                                   threshold=1e-6, work_dir=tmp_path / "chunks")
     assert (summary["reviews_read"], summary["newly_queued"]) == (3, 3)
     assert not (tmp_path / "chunks").exists()
 
@@ -115,7 +115,7 @@ def test_every_job_runs_as_its_deployed_role(stack: dict[str, str], tmp_path: Pa
     # The shop edits a decided review; the next night, as the scorer, re-opens it (it may move, not decide).
     shop_writes(stack["owner"], [("UPDATE reviews SET text = :text WHERE review_id = 2", {"text": "욕설 가득한 글"})])
     summary = pipeline.run_nightly(stack["scorer"], DAY + timedelta(days=1), DAY + timedelta(days=2),
-                                   run_id="scheduled__stack_2", threshold=0.0)
+                                   run_id="scheduled__stack_2", threshold=1e-6)
     assert summary["queue_changes"]["re-opened"] == 1
     assert [e["event"] for e in moderators.events(db.make_engine(stack["moderator"]), [2])] == [
         "queued", "decided", "re-opened"]

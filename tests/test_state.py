@@ -4,7 +4,7 @@ Each scenario ends with every review scored for its current text by the
 active model, and queued exactly once where it should be. Reviews are written
 with plain SQL, as any writer of the shop's database would (not the importer),
 so the text version the database keeps is what is tested. The threshold is
-overridden (0.0: every scored review crosses it; 1.01: none does) so the
+overridden (1e-6: every scored review crosses it; 1 - 1e-6: none does) so the
 outcome does not hang on the tiny model's scores.
 """
 
@@ -25,8 +25,8 @@ from moderation.cli import main
 from moderation.errors import DatabaseError
 
 DAY0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-EVERYTHING = 0.0  # every scored review crosses it
-NOTHING = 1.01  # no score reaches it
+EVERYTHING = 1e-6  # every scored review crosses it (thresholds lie strictly between 0 and 1)
+NOTHING = 1 - 1e-6  # no score of the tiny model reaches it
 
 
 @pytest.fixture(autouse=True)
@@ -210,7 +210,7 @@ def test_a_plus_nine_cli_interval_is_the_same_instant_on_both_databases_and_one_
     kst_midnight = datetime(2026, 1, 1, 15, 0, tzinfo=timezone.utc)  # 2026-01-02T00:00+09:00
     add_reviews(engine, {1: kst_midnight + timedelta(hours=1), 2: kst_midnight + timedelta(hours=2)})
     assert main(["score", "--db", any_db_url, "--start", "2026-01-02T00:00+09:00",
-                 "--end", "2026-01-03T00:00+09:00", "--threshold", "0"]) == 0
+                 "--end", "2026-01-03T00:00+09:00", "--threshold", "0.000001"]) == 0
     capsys.readouterr()
     with engine.connect() as conn:
         start, end = conn.execute(select(db.scoring_runs.c.interval_start, db.scoring_runs.c.interval_end)).one()
@@ -285,7 +285,7 @@ def test_events_are_append_only_and_listed_by_the_cli(engine: Engine, any_db_url
     listed = json.loads(capsys.readouterr().out)
     assert [(e["event"], e["previous_status"], e["status"], e["actor"]) for e in listed] == [
         ("queued", None, "pending", f"scheduled__{day(1).isoformat()}"), ("decided", "pending", "dismissed", "kim")]
-    assert listed[0]["threshold"] == EVERYTHING and listed[0]["model_version"] == "tiny-model"
+    assert listed[0]["threshold"] == pytest.approx(EVERYTHING) and listed[0]["model_version"] == "tiny-model"
     assert main(["events", "--db", any_db_url]) == 0
     assert "decided" in capsys.readouterr().out
     with engine.connect() as conn:

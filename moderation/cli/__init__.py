@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from moderation import __version__
 from moderation.errors import ModerationError
@@ -20,10 +21,17 @@ EXIT_USAGE_OR_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is the same one line as every other error: no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE_OR_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from moderation.cli import db_commands, model_commands, moderator_commands
 
-    parser = argparse.ArgumentParser(prog="moderation", description="Korean review moderation: score, flag, decide, retrain.")
+    parser = OneLineParser(prog="moderation", description="Korean review moderation: score, flag, decide, retrain.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at DEBUG level")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -35,21 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a usage error exits 2 here, after its one line
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    name = args.command
     try:
         return int(args.handler(args) or 0)
     except ModerationError as exc:
-        print(f"moderation {args.command}: error: {exc}", file=sys.stderr)
+        print(f"moderation {name}: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE_OR_INPUT
     except OSError as exc:  # a file we could not read or write, named by the OS
-        print(f"moderation {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(f"moderation {name}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USAGE_OR_INPUT
     except KeyboardInterrupt:
-        print(f"moderation {args.command}: interrupted", file=sys.stderr)
+        print(f"moderation {name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def one_line(message: str) -> str:
+    """An error message on one line, whatever a driver or library put in it."""
+    return " ".join(message.split())

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from moderation.cli.options import db_option, int_at_least, parse_time
+from moderation.cli.options import db_option, input_file, int_at_least, parse_time, progress_option, threshold
 from moderation.errors import InputDataError
 
 #: Rejected lines ``reviews import`` names; the count covers them all.
@@ -42,16 +42,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     db_option(load)
     load.add_argument("--spread-days", type=int_at_least(1), default=None, metavar="N",
                       help="spread ingested_at over the last N days (demo history) instead of now")
+    progress_option(load)
     load.set_defaults(handler=_reviews_import)
 
     score = commands.add_parser("score", help="score the reviews ingested in [start, end) and publish flags")
     db_option(score)
     score.add_argument("--start", required=True, type=parse_time, help="interval start, ISO date or time (UTC)")
     score.add_argument("--end", required=True, type=parse_time, help="interval end, exclusive")
-    score.add_argument("--chunk-size", type=int, default=50_000)
-    score.add_argument("--threshold", type=float, default=None, help="override the active model's threshold")
-    score.add_argument("--run-id", default=None)
+    score.add_argument("--chunk-size", type=int_at_least(1), default=50_000, help="reviews per scoring chunk")
+    score.add_argument("--threshold", type=threshold, default=None,
+                       help="override the active model's threshold (between 0 and 1)")
+    score.add_argument("--run-id", type=run_id, default=None,
+                       help="name of the run record (default: from the interval); one run id, one interval")
     score.set_defaults(handler=_score)
+
+
+def run_id(value: str) -> str:
+    """A run id: printable, 1-250 characters (the column's width)."""
+    if not value.strip() or len(value) > 250 or not value.isprintable():
+        raise argparse.ArgumentTypeError(f"must be 1-250 printable characters, not {value!r}")
+    return value
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -96,9 +106,12 @@ def _reviews_import(args: argparse.Namespace) -> int:
     from moderation import db
     from moderation.importing import import_reviews
 
+    from moderation.progress import wanted
+
+    input_file(args.file)
     engine = db.make_engine(args.db)
     try:
-        report = import_reviews(engine, args.file, spread_days=args.spread_days)
+        report = import_reviews(engine, args.file, spread_days=args.spread_days, progress=wanted(args.progress))
     finally:
         engine.dispose()
     if report.rows_read and report.rejected == report.rows_read:

@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import json
+import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,9 +22,13 @@ from typing import Any
 from sqlalchemy import Engine
 
 from moderation.errors import InputDataError
-from moderation.cli.options import db_option, int_at_least, parse_time
+from moderation.cli.options import db_option, input_file, int_at_least, output_file, parse_time, score
 
 FORMATS = ("table", "csv", "json", "parquet")
+#: Output format named by an ``--output`` extension.
+FORMAT_BY_SUFFIX = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".txt": "table"}
+#: Rows ``flagged`` shows on the screen unless --limit says otherwise.
+TABLE_LIMIT = 50
 #: Display columns of the text in ``flagged``'s table (a Hangul syllable takes 2).
 TEXT_WIDTH = 50
 ELLIPSIS = "…"
@@ -50,11 +55,16 @@ def _register_flagged(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--since", type=parse_time, default=None, metavar="DATE",
                         help="flagged at or after (ISO date/time, UTC)")
     parser.add_argument("--until", type=parse_time, default=None, metavar="DATE", help="flagged before (exclusive)")
-    parser.add_argument("--min-score", type=float, default=None, metavar="X", help="only scores >= X")
-    parser.add_argument("--product", type=int, default=None, metavar="ID")
-    parser.add_argument("--limit", type=int_at_least(0), default=50, metavar="N", help="at most N rows (0: all)")
-    parser.add_argument("--format", choices=FORMATS, default="table")
-    parser.add_argument("--output", type=Path, default=None, metavar="FILE", help="write here instead of stdout")
+    parser.add_argument("--min-score", type=score, default=None, metavar="X", help="only scores >= X (0-1)")
+    parser.add_argument("--product", type=int_at_least(0), default=None, metavar="ID")
+    parser.add_argument("--limit", type=int_at_least(0), default=None, metavar="N",
+                        help=f"at most N rows, 0 for all (default: {TABLE_LIMIT} on the screen, all into a file "
+                             f"or as csv/json)")
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help="default: from the --output extension (.csv, .json, .parquet), else table")
+    parser.add_argument("--output", type=Path, default=None, metavar="FILE",
+                        help="write here instead of stdout")
+    parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     db_option(parser)
     parser.set_defaults(handler=_flagged)
 
@@ -134,24 +144,46 @@ def _register_models(commands: argparse._SubParsersAction) -> None:
 
 
 @contextmanager
-def _engine(args: argparse.Namespace) -> Iterator[Engine]:
+def _engine(args: argparse.Namespace, must_exist: bool = True) -> Iterator[Engine]:
+    """An engine on ``--db``; by default an SQLite file must already exist (these commands never create one)."""
     from moderation import db
 
-    engine = db.make_engine(args.db)
+    engine = db.make_engine(args.db, must_exist=must_exist)
     try:
         yield engine
     finally:
         engine.dispose()
 
 
+def output_format(given: str | None, output: Path | None) -> str:
+    """The format asked for, else the one the output's extension names; a contradiction is an error."""
+    named = FORMAT_BY_SUFFIX.get(output.suffix.lower()) if output is not None else None
+    if given is None:
+        return named or "table"
+    if named is not None and named != given:
+        raise InputDataError(f"--format {given} does not match --output {output.name} ({named}): "
+                             f"change one of them")
+    return given
+
+
 def _flagged(args: argparse.Namespace) -> int:
     from moderation.moderators import flagged
 
+    args.format = output_format(args.format, args.output)
     if args.format == "parquet" and args.output is None:
         raise InputDataError("--format parquet writes a file: give --output FILE")
+    if args.since is not None and args.until is not None and args.until <= args.since:
+        raise InputDataError(f"--until {args.until.isoformat()} must be after --since {args.since.isoformat()}")
+    if args.output is not None:
+        output_file(args.output, args.force, "--output")
+    limit = args.limit
+    if limit is None:  # the screen gets a page; a file or a machine format gets everything
+        limit = TABLE_LIMIT if args.format == "table" and args.output is None else 0
     with _engine(args) as engine:
         rows = flagged(engine, status=args.status, since=args.since, until=args.until, min_score=args.min_score,
-                       product=args.product, limit=args.limit or None)
+                       product=args.product, limit=limit + 1 if limit else None)
+    cut = bool(limit) and len(rows) > limit
+    rows = rows[:limit] if limit else rows
     try:
         if args.format == "parquet":
             _write_parquet(rows, args.output)
@@ -160,8 +192,11 @@ def _flagged(args: argparse.Namespace) -> int:
             _emit(render(rows), args.output)
     except OSError as exc:  # an unwritable --output is the user's to fix: one line, not a traceback
         raise InputDataError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    more = f"; more match: --limit {limit} cut the list, --limit 0 for all" if cut else ""
     if args.output is not None:
-        print(f"wrote {len(rows)} flagged reviews to {args.output} ({args.format})")
+        print(f"wrote {len(rows)} flagged reviews to {args.output} ({args.format}){more}")
+    elif cut:
+        print(f"showing the first {len(rows)} flagged reviews{more}", file=sys.stderr)
     return 0
 
 
@@ -209,6 +244,7 @@ def _events(args: argparse.Namespace) -> int:
 def _labels_import(args: argparse.Namespace) -> int:
     from moderation.moderators import import_labels
 
+    input_file(args.file)
     with _engine(args) as engine:
         report = import_labels(engine, args.file)
     if report.rows_read and report.rejected == report.rows_read:
@@ -353,11 +389,16 @@ def stats_text(result: dict[str, Any]) -> str:
 
 
 def models_table(models: list[dict[str, Any]]) -> str:
-    headers = ["", "version", "threshold", "created (UTC)", "bal_acc", "roc_auc", "path"]
+    headers = ["", "version", "threshold", "created (UTC)", "bal_acc", "roc_auc", "files", "path"]
     cells = [["*" if m["active"] else "", m["version"], f"{m['threshold']:.4f}",
               m["created"].strftime("%Y-%m-%d %H:%M"), _number(m["balanced_accuracy"]), _number(m["roc_auc"]),
-              m["path"]] for m in models]
-    return render_table(headers, cells, right={2, 4, 5}) + "\n(* = active)"
+              m["files"], m["path"]] for m in models]
+    notes = ["(* = active)"]
+    if any(m["files"] == "missing" for m in models):
+        notes.append("missing: the model directory or one of its files is gone; it cannot be activated")
+    if any(m["files"] == "changed" for m in models):
+        notes.append("changed: the files differ from the registered ones; it cannot be scored with")
+    return render_table(headers, cells, right={2, 4, 5}) + "\n" + "\n".join(notes)
 
 
 def _percent(value: float | None) -> str:

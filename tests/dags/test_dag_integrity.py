@@ -151,6 +151,22 @@ def test_schedule_and_catchup_come_from_the_environment(monkeypatch: pytest.Monk
     assert dag.catchup is True
 
 
+def test_scoring_queue_and_pool_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, airflow_home: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.delenv("MODERATION_SCORING_QUEUE", raising=False)
+    monkeypatch.delenv("MODERATION_SCORING_POOL", raising=False)
+    dag = DagBag(dag_folder=str(DAGS_FOLDER)).dags["review_moderation_nightly"]
+    default_queue, default_pool = dag.task_dict["score_chunk"].queue, dag.task_dict["score_chunk"].pool
+    assert default_pool == "default_pool"
+    monkeypatch.setenv("MODERATION_SCORING_QUEUE", "gpu")
+    monkeypatch.setenv("MODERATION_SCORING_POOL", "gpu_scoring")
+    dag = DagBag(dag_folder=str(DAGS_FOLDER)).dags["review_moderation_nightly"]
+    assert (dag.task_dict["score_chunk"].queue, dag.task_dict["score_chunk"].pool) == ("gpu", "gpu_scoring")
+    for other in ("plan", "list_chunks", "publish"):  # only the scoring goes to the GPU worker
+        assert (dag.task_dict[other].queue, dag.task_dict[other].pool) == (default_queue, default_pool)
+
+
 class _Conn:
     """The fields of an Airflow Connection; the real class is checked in the URI tests below."""
 
