@@ -73,10 +73,11 @@ def score_chunk(run_plan: dict[str, Any], chunk: dict[str, Any]) -> dict[str, An
 
 @task(trigger_rule=TriggerRule.NONE_FAILED)
 def publish(run_plan: dict[str, Any], results: Any = None) -> dict[str, Any]:
-    """Publish every chunk in one transaction; runs (with no results) when there were no chunks."""
+    """Publish every chunk in one transaction, then delete the chunk files; runs (with no results) when there were no chunks."""
     from moderation import airflow_support, pipeline
 
-    return pipeline.publish(airflow_support.reviews_db_url(), run_plan, airflow_support.chunk_results(results))
+    return pipeline.publish(airflow_support.reviews_db_url(), run_plan, airflow_support.chunk_results(results),
+                            remove_chunks=True)
 
 
 @dag(

@@ -5,7 +5,7 @@
 #
 #   1. refuse to go on with missing or placeholder secrets
 #   2. airflow db migrate                      (Airflow metadata database)
-#   3. moderation db init                      (sql/ applied to the reviews database, as its owner)
+#   3. moderation db init                      (schema migrations on the reviews database, as its owner)
 #   4. moderation models register              (the shipped model; activated only when none is active,
 #                                               so a model promoted by retraining stays active)
 #   5. Airflow Connection reviews_db           (logs in as the scorer user: least privilege)
@@ -78,7 +78,7 @@ fi
 echo "airflow-init: migrating the Airflow metadata database"
 airflow db migrate
 
-echo "airflow-init: applying sql/ to the reviews database"
+echo "airflow-init: migrating the reviews database (moderation db init)"
 moderation db init --db "$MODERATION_DB_URL"
 
 active="$(moderation models list --format json --db "$MODERATION_DB_URL" \

@@ -1,8 +1,10 @@
 """The reviews database: one SQLAlchemy schema for SQLite and PostgreSQL.
 
-``sql/`` holds the same schema as PostgreSQL DDL with the moderators' view
-and the roles; a test checks the two agree. Every statement here is built
-with SQLAlchemy Core and bound parameters: no SQL is assembled from strings.
+These tables describe the schema at the newest migration
+(``moderation/migrations``), which is what creates and changes it; a test
+checks that a database upgraded to head matches them. ``sql/schema.sql`` is
+the same upgrade as PostgreSQL DDL. Every statement here is built with
+SQLAlchemy Core and bound parameters: no SQL is assembled from strings.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -49,6 +52,8 @@ reviews = Table(
     Column("text", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=True),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
+    # Raised by a database trigger whenever text changes, for every writer (revision 0006).
+    Column("text_version", Integer, nullable=False, server_default=text("1")),
     Index("ix_reviews_ingested_at", "ingested_at", "review_id"),
     Index("ix_reviews_product_id", "product_id"),
 )
@@ -66,6 +71,9 @@ model_versions = Table(
     # SHA-256 of the directory's files (see moderation.model.bundle_fingerprint); NULL for rows
     # registered before fingerprints, filled in at their next successful load.
     Column("fingerprint", String(64), nullable=True),
+    # One active model, enforced by the database (revision 0005).
+    Index("ux_model_versions_one_active", "is_active", unique=True,
+          postgresql_where=text("is_active"), sqlite_where=text("is_active")),
 )
 
 scoring_runs = Table(
@@ -84,6 +92,7 @@ scoring_runs = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("status", String(16), nullable=False),
+    Column("operating_point", String(64), nullable=True),  # named threshold of the card (revision 0003)
     CheckConstraint("status IN ('running', 'success', 'failed')", name="ck_scoring_runs_status"),
     Index("ix_scoring_runs_interval", "interval_start", "interval_end"),
 )
@@ -97,6 +106,7 @@ review_scores = Table(
     Column("skip_reason", String(64), nullable=True),
     Column("scored_at", DateTime(timezone=True), nullable=False),
     Column("run_id", String(250), nullable=False),
+    Column("text_version", Integer, nullable=False, server_default=text("1")),  # of the text scored (0007)
     CheckConstraint("(score IS NULL) <> (skip_reason IS NULL)", name="ck_review_scores_score_or_reason"),
     Index("ix_review_scores_run_id", "run_id"),
 )
@@ -114,7 +124,8 @@ moderation_queue = Table(
     Column("decided_by", String(128), nullable=True),
     Column("decided_at", DateTime(timezone=True), nullable=True),
     Column("note", Text, nullable=True),
-    CheckConstraint("status IN ('pending', 'confirmed', 'dismissed')", name="ck_moderation_queue_status"),
+    Column("text_version", Integer, nullable=False, server_default=text("1")),  # of the text scored (0007)
+    CheckConstraint("status IN ('pending', 'confirmed', 'dismissed', 'expired')", name="ck_moderation_queue_status"),
     Index("ix_moderation_queue_status_flagged", "status", "flagged_at"),
 )
 
@@ -126,12 +137,38 @@ review_labels = Table(
     Column("source", String(16), primary_key=True),
     Column("labelled_at", DateTime(timezone=True), nullable=False),
     Column("labelled_by", String(128), nullable=True),
+    Column("text_version", Integer, nullable=True),  # the text a moderator judged; NULL: any (revision 0010)
     CheckConstraint("label IN (0, 1)", name="ck_review_labels_label"),
     CheckConstraint("source IN ('moderator', 'import', 'rating')", name="ck_review_labels_source"),
 )
 
+#: Append-only history of every queue transition (revision 0008); triggers refuse UPDATE and DELETE.
+moderation_events = Table(
+    "moderation_events",
+    metadata,
+    Column("event_id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("review_id", BigInteger, nullable=False),
+    Column("event", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # the queue status after the event
+    Column("previous_status", String(16), nullable=True),
+    Column("actor", String(250), nullable=False),  # a moderator's name, or the run that did it
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("score", Float, nullable=True),
+    Column("model_version", String(128), nullable=True),
+    Column("threshold", Float, nullable=True),
+    Column("text_version", Integer, nullable=True),
+    Column("run_id", String(250), nullable=True),
+    Column("note", Text, nullable=True),
+    CheckConstraint("event IN ('queued', 're-scored', 'decided', 're-opened', 'expired')",
+                    name="ck_moderation_events_event"),
+    Index("ix_moderation_events_review", "review_id", "event_id"),
+    Index("ix_moderation_events_at", "at"),
+)
+
 #: Tables the package owns, in dependency order.
-TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue, review_labels]
+TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue, review_labels, moderation_events]
+#: Views the migrations create: the moderators' queue and the queue's history.
+VIEWS = ["flagged_reviews", "moderation_history"]
 
 
 def resolve_db_url(url: str | None = None) -> str:
@@ -201,25 +238,10 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
 
 
 def init_schema(engine: Engine) -> None:
-    """Create the tables that are missing (idempotent); on PostgreSQL also the view."""
-    with translate_errors(engine):
-        metadata.create_all(engine)
-        if engine.dialect.name == "postgresql":
-            with engine.begin() as conn:
-                conn.execute(text(FLAGGED_VIEW_SQL))
-        else:
-            with engine.begin() as conn:
-                conn.execute(text(FLAGGED_VIEW_SQL.replace("CREATE OR REPLACE VIEW", "CREATE VIEW IF NOT EXISTS")))
+    """Bring the database to the newest schema revision (idempotent): ``moderation db init``/``upgrade``."""
+    from moderation import migrations
 
-
-FLAGGED_VIEW_SQL = """
-CREATE OR REPLACE VIEW flagged_reviews AS
-SELECT q.review_id, r.product_id, r.text, r.rating, q.score, q.threshold, q.model_version,
-       q.status, q.flagged_at, q.decided_by, q.decided_at, q.note, r.created_at, r.ingested_at
-FROM moderation_queue q
-JOIN reviews r ON r.review_id = q.review_id
-ORDER BY q.flagged_at DESC, q.score DESC
-"""
+    migrations.upgrade(engine)
 
 
 @contextmanager
@@ -233,3 +255,10 @@ def translate_errors(engine: Engine) -> Iterator[None]:
     except SQLAlchemyError as exc:
         raise DatabaseError(f"database error on {engine.url.render_as_string(hide_password=True)}: "
                             f"{str(exc).strip().splitlines()[0]}") from exc
+
+
+def activate_only(conn: Connection, version: str) -> None:
+    """Make ``version`` the one active model: others off first, so the unique index never sees two."""
+    conn.execute(model_versions.update().where(model_versions.c.is_active.is_(True),
+                                               model_versions.c.version != version).values(is_active=False))
+    conn.execute(model_versions.update().where(model_versions.c.version == version).values(is_active=True))

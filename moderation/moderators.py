@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, Table, case, func, inspect, literal, select
+from sqlalchemy import Connection, Engine, Table, case, func, inspect, literal, or_, select
 
 from moderation import db
 from moderation.errors import DatabaseError, DecisionError, InputDataError, ModelBundleError
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("pending", "confirmed", "dismissed")
+STATUSES = ("pending", "confirmed", "dismissed", "expired")
 DECISIONS = ("confirmed", "dismissed")
 #: A decision's label: confirmed means negative (1), dismissed positive (0).
 DECISION_LABEL = {"confirmed": 1, "dismissed": 0}
@@ -99,9 +99,12 @@ def _upsert_labels(conn: Connection, rows: list[dict[str, Any]], only_changed: b
         return
     insert = _insert_for(conn)(db.review_labels)
     excluded = insert.excluded
+    columns = {"label": excluded.label, "labelled_at": excluded.labelled_at, "labelled_by": excluded.labelled_by}
+    if "text_version" in rows[0]:
+        columns["text_version"] = excluded.text_version
     statement = insert.on_conflict_do_update(
         index_elements=[db.review_labels.c.review_id, db.review_labels.c.source],
-        set_={"label": excluded.label, "labelled_at": excluded.labelled_at, "labelled_by": excluded.labelled_by},
+        set_=columns,
         where=(db.review_labels.c.label != excluded.label) if only_changed else None,
     )
     conn.execute(statement, rows)
@@ -116,7 +119,8 @@ def flagged(engine: Engine, status: str | None = None, since: datetime | None = 
     """Queued reviews with their text, newest flag first, then highest score.
 
     ``since`` is inclusive and ``until`` exclusive, on the time the review
-    was flagged; ``limit=None`` returns every match.
+    was flagged; ``limit=None`` returns every match. ``score`` is the score of
+    the text shown: None while an edited text waits for the next run's score.
     """
     if status is not None and status not in STATUSES:
         raise InputDataError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
@@ -124,7 +128,8 @@ def flagged(engine: Engine, status: str | None = None, since: datetime | None = 
         raise InputDataError(f"limit must be at least 1, not {limit}")
     q, r = db.moderation_queue.c, db.reviews.c
     query = (
-        select(q.review_id, r.product_id, q.score, q.threshold, q.status, q.flagged_at, q.model_version,
+        select(q.review_id, r.product_id, case((q.text_version == r.text_version, q.score), else_=None).label("score"),
+               q.threshold, q.status, q.flagged_at, q.model_version,
                q.run_id, q.decided_by, q.decided_at, q.note, r.rating, r.text, r.created_at)
         .join_from(db.moderation_queue, db.reviews, q.review_id == r.review_id)
         .order_by(q.flagged_at.desc(), q.score.desc(), q.review_id)
@@ -177,14 +182,53 @@ def decide(engine: Engine, review_ids: Iterable[int], decision: str, by: str, no
             log.warning("review %d was %s by %s at %s UTC; %s now overturns it as %s", review_id, status, earlier_by,
                         _read_time(earlier_at).strftime("%Y-%m-%d %H:%M"), by, decision)
         for part in _chunks(ids):
+            _decided_events(conn, part, decision, by, when, note)  # before the update: the previous status
             conn.execute(db.moderation_queue.update().where(q.review_id.in_(part))
                          .values(status=decision, decided_by=by, decided_at=when, note=note))
+        versions: dict[int, int] = {}
+        for part in _chunks(ids):  # the text the moderator judged: its label must not follow a later edit
+            versions.update(conn.execute(select(db.reviews.c.review_id, db.reviews.c.text_version)
+                                         .where(db.reviews.c.review_id.in_(part))).tuples().all())
         labels = [{"review_id": rid, "label": DECISION_LABEL[decision], "source": "moderator",
-                   "labelled_at": when, "labelled_by": by} for rid in ids]
+                   "labelled_at": when, "labelled_by": by, "text_version": versions[rid]} for rid in ids]
         for part in _chunks(labels):
             _upsert_labels(conn, list(part), only_changed=False)
     log.debug("%s %d reviews by %s", decision, len(ids), by)  # the CLI prints the summary
     return len(ids)
+
+
+def _decided_events(conn: Connection, ids: Sequence[int], decision: str, by: str, when: datetime,
+                    note: str | None) -> None:
+    """One ``decided`` event per queue row, in the decision's transaction (the audit trail)."""
+    q, e = db.moderation_queue.c, db.moderation_events.c
+    rows = select(q.review_id, literal("decided", e.event.type), literal(decision, e.status.type), q.status,
+                  literal(by, e.actor.type), literal(when, e.at.type), q.score, q.model_version, q.threshold,
+                  q.text_version, q.run_id, literal(note, e.note.type)).where(q.review_id.in_(ids))
+    conn.execute(db.moderation_events.insert().from_select(
+        [e.review_id, e.event, e.status, e.previous_status, e.actor, e.at, e.score, e.model_version, e.threshold,
+         e.text_version, e.run_id, e.note], rows))
+
+
+def events(engine: Engine, review_ids: Sequence[int] = (), event: str | None = None,
+           since: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """The queue's history (``moderation_events``), oldest first; filtered by review, event and time."""
+    e = db.moderation_events.c
+    query = select(db.moderation_events).order_by(e.event_id)
+    if review_ids:
+        query = query.where(e.review_id.in_(list(review_ids)))
+    if event is not None:
+        query = query.where(e.event == event)
+    if since is not None:
+        query = query.where(e.at >= utc(since))
+    if limit is not None:
+        query = query.order_by(None).order_by(e.event_id.desc()).limit(limit)
+    with db.translate_errors(engine), engine.connect() as conn:
+        require_tables(conn, db.moderation_events)
+        rows = [dict(row) for row in conn.execute(query).mappings()]
+    rows.sort(key=lambda row: row["event_id"])
+    for row in rows:
+        row["at"] = utc(row["at"]).isoformat()
+    return rows
 
 
 def overturned_decisions(conn: Connection, ids: list[int], decision: str, by: str) -> list[tuple[Any, ...]]:
@@ -245,7 +289,7 @@ def stats(engine: Engine, since: datetime | None = None) -> dict[str, Any]:
     """
     with db.translate_errors(engine), engine.connect() as conn:
         require_tables(conn, db.scoring_runs, db.moderation_queue)
-        runs = [_run_stats(row) for row in conn.execute(_runs_query(since)).mappings()]
+        runs = [_run_stats(row) for row in _one_per_interval(conn.execute(_runs_query(since)).mappings().all())]
     totals = {key: sum(r[key] for r in runs)
               for key in ("reviews_scored", "reviews_flagged", "flagged", "confirmed", "dismissed", "pending")}
     overall = {"runs": len(runs), "reviews_scored": totals["reviews_scored"],
@@ -268,13 +312,38 @@ def _runs_query(since: datetime | None) -> Any:
     per_run = select(q.run_id, *_counts_columns(q)).group_by(q.run_id).subquery()
     query = (
         select(s.run_id, s.interval_start, s.interval_end, s.model_version, s.threshold, s.status,
-               s.reviews_scored, s.reviews_flagged,
+               s.reviews_scored, s.reviews_flagged, s.finished_at,
                *(func.coalesce(per_run.c[name], 0).label(name)
                  for name in ("flagged", "confirmed", "dismissed", "pending")))
         .outerjoin(per_run, per_run.c.run_id == s.run_id)
         .order_by(s.interval_start.desc(), s.run_id)
     )
     return query.where(s.interval_start >= utc(since)) if since is not None else query
+
+
+def _one_per_interval(rows: list[Any]) -> list[dict[str, Any]]:
+    """Runs of the same interval (the CLI's and Airflow's, a re-run) as ONE run: counts summed.
+
+    Work is chosen by state, so a second run of an interval scores only what
+    the first left, and the sum is what the interval's runs did together. The
+    latest run names the model, threshold and status; ``run_ids`` lists them all.
+    """
+    merged: dict[tuple[Any, Any], dict[str, Any]] = {}
+    never = datetime.min.replace(tzinfo=timezone.utc)
+    for row in rows:
+        key = (utc(row["interval_start"]), utc(row["interval_end"]))
+        found = merged.get(key)
+        if found is None:
+            merged[key] = dict(row) | {"run_ids": [row["run_id"]]}
+            continue
+        found["run_ids"].append(row["run_id"])
+        for name in ("reviews_scored", "reviews_flagged", "flagged", "confirmed", "dismissed", "pending"):
+            found[name] = int(found[name]) + int(row[name])
+        finished = _read_time(row["finished_at"]) or never
+        if finished >= (_read_time(found["finished_at"]) or never):
+            found.update(run_id=row["run_id"], model_version=row["model_version"], threshold=row["threshold"],
+                         status=row["status"], finished_at=row["finished_at"])
+    return list(merged.values())
 
 
 def _decision_counts(row: Any) -> dict[str, Any]:
@@ -286,7 +355,8 @@ def _decision_counts(row: Any) -> dict[str, Any]:
 
 def _run_stats(row: Any) -> dict[str, Any]:
     scored, flagged_count = int(row["reviews_scored"]), int(row["reviews_flagged"])
-    return {"run_id": row["run_id"], "interval_start": utc(row["interval_start"]).isoformat(),
+    return {"run_id": row["run_id"], "run_ids": sorted(row["run_ids"]),
+            "interval_start": utc(row["interval_start"]).isoformat(),
             "interval_end": utc(row["interval_end"]).isoformat(), "model_version": row["model_version"],
             "threshold": float(row["threshold"]), "status": row["status"], "reviews_scored": scored,
             "reviews_flagged": flagged_count, "flag_rate": flagged_count / scored if scored else None,
@@ -562,6 +632,8 @@ def _check_scale(conn: Connection, scale: int) -> None:
 def labelled_snapshot(engine: Engine, include_rating: bool = False) -> pd.DataFrame:
     """One label per review for retraining: moderator over import over rating.
 
+    A moderator's label whose review was edited after the decision is left
+    out (it judged another text); an import or rating label may then stand.
     Columns ``review_id``, ``text``, ``label`` (1 = negative), ``source``,
     ``product_id``, ordered by review id; reviews without text are left
     out (nothing to learn from them).
@@ -572,7 +644,8 @@ def labelled_snapshot(engine: Engine, include_rating: bool = False) -> pd.DataFr
     ranked = (
         select(lab.review_id, lab.label, lab.source,
                func.row_number().over(partition_by=lab.review_id, order_by=rank).label("n"))
-        .where(lab.source.in_(sources))
+        .join_from(db.review_labels, db.reviews, lab.review_id == r.review_id)
+        .where(lab.source.in_(sources), or_(lab.text_version.is_(None), lab.text_version == r.text_version))
         .subquery()
     )
     query = (
@@ -662,6 +735,6 @@ def activate_model(engine: Engine, version: str) -> dict[str, Any]:
     with db.translate_errors(engine), engine.begin() as conn:
         if conn.execute(select(m.version).where(m.version == version)).scalar() is None:
             raise ModelBundleError(f"model version {version!r} was removed while activating it")
-        conn.execute(db.model_versions.update().values(is_active=m.version == version))
+        db.activate_only(conn, version)
     log.debug("model %s is now the active model", version)
     return next(row for row in list_models(engine) if row["version"] == version)

@@ -1,20 +1,28 @@
 """The nightly scoring job, as plain functions the DAG tasks and the CLI call.
 
+Work is chosen by state, not by clock: a review needs scoring when it has no
+score for the active model and its current text (``reviews.text_version``,
+raised by a database trigger on every edit). The data interval is the run's
+label and report; a run scores every review that needs it, whenever it was
+ingested, committed or edited, up to :data:`MAX_REVIEWS_PER_RUN`.
+
 Stages, each safe to retry:
 
-1. :func:`plan_run` picks the active model and cuts the interval's reviews
-   into chunks of the review-id range (small dicts, fit for XCom).
-2. :func:`score_chunk` reads one chunk, scores it and writes a Parquet file
-   (atomically: a retried task overwrites, never appends).
+1. :func:`plan_run` picks the active model and cuts the reviews that need
+   scoring into chunks of the review-id range (small dicts, fit for XCom).
+2. :func:`score_chunk` reads the reviews of one chunk that still need
+   scoring, scores them and writes a Parquet file with the text version it
+   scored (atomically: a retried task overwrites, never appends).
 3. :func:`publish` writes everything in ONE transaction: the chunk files
    are bulk-loaded into a temporary staging table (COPY on PostgreSQL), then
-   two set-based statements upsert the scores on (review, model version)
-   and queue the newly flagged reviews without touching rows moderators
-   decided, and the run is recorded.
+   set-based statements upsert the scores on (review, model version) with
+   their text version, move the queue (queue new flags; re-score, expire or
+   re-open rows whose model or text changed), append each transition to
+   ``moderation_events``, and record the run. A score for a text that has
+   changed since, or for a review deleted since, is left out.
 
 Nothing reaches the database before step 3 commits, so a failed run leaves
-no partial writes, and the same interval published twice gives the same
-tables.
+no partial writes, and the same chunks published twice give the same tables.
 """
 
 from __future__ import annotations
@@ -35,24 +43,31 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    Integer,
     MetaData,
     String,
     Table,
     and_,
+    case,
+    exists,
     func,
+    insert,
+    or_,
     literal,
     select,
     text,
     true,
 )
 
-from moderation import config, db
+from moderation import config, db, migrations
 from moderation.errors import DatabaseError, InputDataError, ModelBundleError
 from moderation.model import bundle_fingerprint, check_threshold, verify_bundle
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 50_000
+#: Most reviews one run scores; a larger backlog (after a model promotion, say) is logged and left for later runs.
+MAX_REVIEWS_PER_RUN = 2_000_000
 #: Rows per bulk write into the staging table.
 PUBLISH_BATCH = 50_000
 UNSCORED = "unscored"
@@ -65,6 +80,7 @@ _staging = Table(
     Column("review_id", BigInteger, nullable=False),
     Column("score", Float, nullable=True),
     Column("skip_reason", String(64), nullable=True),
+    Column("text_version", Integer, nullable=True),  # NULL: a chunk file of an earlier release
     prefixes=["TEMPORARY"],
     postgresql_on_commit="DROP",
 )
@@ -163,7 +179,7 @@ def register_model(engine: Engine, directory: Path, activate: bool = False) -> A
         else:
             conn.execute(db.model_versions.insert().values(**values, registered_at=now, is_active=False))
         if activate:
-            conn.execute(db.model_versions.update().values(is_active=m.version == card.version))
+            db.activate_only(conn, card.version)
     return card
 
 
@@ -193,37 +209,69 @@ def _interval_filter(start: datetime, end: datetime) -> Any:
     return and_(db.reviews.c.ingested_at >= start, db.reviews.c.ingested_at < end)
 
 
+def needs_score(model_version: str) -> Any:
+    """Reviews with no score for this model and their current text: the work of a run."""
+    s, r = db.review_scores.c, db.reviews.c
+    return ~exists().where(s.review_id == r.review_id, s.model_version == model_version,
+                           s.text_version == r.text_version)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """An aware time in UTC (a naive one is taken as UTC): SQLite compares stored UTC text, not instants."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
 def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
-             chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None) -> RunPlan:
-    """Choose the model and cut the interval into review-id chunks of ~``chunk_size`` rows."""
+             chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
+             max_reviews: int = MAX_REVIEWS_PER_RUN) -> RunPlan:
+    """Choose the model and cut the reviews needing a score into review-id chunks of ~``chunk_size`` rows.
+
+    ``[start, end)`` labels the run; the work is every review lacking a score
+    for the active model and its current text, the first ``max_reviews`` of
+    them by review id when there are more.
+    """
+    start, end = as_utc(start), as_utc(end)
     if end <= start:
         raise ValueError(f"interval end {end} is not after its start {start}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputDataError(f"chunk size must be a whole number of at least 1, not {chunk_size!r}")
     engine = _engine(db_url)
+    migrations.require_head(engine)  # never score into a schema the code does not know
     with db.translate_errors(engine), engine.connect() as conn:
         _check_run_id(conn, run_id, start, end)
     model = active_model(engine, threshold)
+    needed = needs_score(model.version)
     numbered = (
         select(db.reviews.c.review_id, func.row_number().over(order_by=db.reviews.c.review_id).label("n"))
-        .where(_interval_filter(start, end))
+        .where(needed)
         .subquery()
     )
     with db.translate_errors(engine), engine.connect() as conn:
-        total = conn.execute(select(func.count()).select_from(db.reviews).where(_interval_filter(start, end))).scalar_one()
+        backlog = conn.execute(select(func.count()).select_from(db.reviews).where(needed)).scalar_one()
         bounds = conn.execute(
-            select(numbered.c.review_id).where((numbered.c.n - 1) % chunk_size == 0).order_by(numbered.c.review_id)
+            select(numbered.c.review_id).where((numbered.c.n - 1) % chunk_size == 0, numbered.c.n <= max_reviews)
+            .order_by(numbered.c.review_id)
         ).scalars().all()
+        cutoff = conn.execute(select(numbered.c.review_id).where(numbered.c.n == max_reviews + 1)).scalar() \
+            if backlog > max_reviews else None
+        in_interval = conn.execute(select(func.count()).select_from(db.reviews)
+                                   .where(_interval_filter(start, end), needed)).scalar_one()
     engine.dispose()
+    total = min(int(backlog), max_reviews)
+    if backlog > max_reviews:
+        log.warning("run %s: %d reviews need a score for model %s; scoring the first %d by review id, "
+                    "the rest in later runs", run_id, backlog, model.version, max_reviews)
     chunks = []
     for i, low in enumerate(bounds):
-        high = bounds[i + 1] if i + 1 < len(bounds) else None
+        high = bounds[i + 1] if i + 1 < len(bounds) else cutoff
         chunks.append({"index": i, "low_id": int(low), "high_id": None if high is None else int(high),
-                       "interval_start": start.isoformat(), "interval_end": end.isoformat(), "run_id": run_id})
-    log.info("run %s: %d reviews in [%s, %s) in %d chunks, model %s (threshold %.4f)",
-             run_id, total, start, end, len(chunks), model.version, model.threshold)
+                       "interval_start": start.isoformat(), "interval_end": end.isoformat(), "run_id": run_id,
+                       "model_version": model.version})
+    log.info("run %s [%s, %s): %d reviews need a score (%d ingested in the interval, %d before or after it), "
+             "%d chunks, model %s (threshold %.4f)", run_id, start, end, total, in_interval,
+             total - min(int(in_interval), total), len(chunks), model.version, model.threshold)
     return RunPlan(run_id=run_id, interval_start=start.isoformat(), interval_end=end.isoformat(),
-                   model=model, chunks=chunks, reviews=int(total))
+                   model=model, chunks=chunks, reviews=total)
 
 
 def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_dir: Path,
@@ -236,14 +284,18 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
     from moderation.scoring import load_scorer
 
     started = time.perf_counter()
-    start, end = datetime.fromisoformat(chunk["interval_start"]), datetime.fromisoformat(chunk["interval_end"])
-    condition = and_(_interval_filter(start, end), db.reviews.c.review_id >= chunk["low_id"])
+    if chunk.get("model_version"):  # still lacking a score when the chunk runs: a retry skips nothing new
+        condition = and_(needs_score(chunk["model_version"]), db.reviews.c.review_id >= chunk["low_id"])
+    else:  # a chunk planned by an earlier release: its interval
+        start, end = datetime.fromisoformat(chunk["interval_start"]), datetime.fromisoformat(chunk["interval_end"])
+        condition = and_(_interval_filter(start, end), db.reviews.c.review_id >= chunk["low_id"])
     if chunk["high_id"] is not None:
         condition = and_(condition, db.reviews.c.review_id < chunk["high_id"])
     engine = _engine(db_url)
     with db.translate_errors(engine), engine.connect() as conn:
         rows = conn.execute(
-            select(db.reviews.c.review_id, db.reviews.c.text).where(condition).order_by(db.reviews.c.review_id)
+            select(db.reviews.c.review_id, db.reviews.c.text, db.reviews.c.text_version).where(condition)
+            .order_by(db.reviews.c.review_id)
         ).all()
     engine.dispose()
     read_seconds = time.perf_counter() - started
@@ -256,6 +308,7 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
         "review_id": pa.array(frame["review_id"].to_numpy(), type=pa.int64()),
         "score": pa.array(result.score, type=pa.float64(), from_pandas=True),
         "skip_reason": pa.array(result.skip_reason.tolist(), type=pa.string()),
+        "text_version": pa.array([row[2] for row in rows], type=pa.int64()),
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"chunk-{chunk['index']:05d}.parquet"
@@ -271,8 +324,13 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
     return counts
 
 
-def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write the run's scores, new flags and run record in one transaction."""
+def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: list[dict[str, Any]],
+            remove_chunks: bool = False) -> dict[str, Any]:
+    """Write the run's scores, queue changes, their events and the run record in one transaction.
+
+    ``remove_chunks``: delete the chunk files once that transaction has
+    committed (a failed publish keeps them for its retry).
+    """
     plan = _as_plan(plan)
     expected = sorted(c["index"] for c in plan.chunks)
     got = sorted(r["index"] for r in chunk_results)
@@ -290,7 +348,12 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
         _lock_interval(conn, plan)
         _check_run_id(conn, plan.run_id, datetime.fromisoformat(plan.interval_start),
                       datetime.fromisoformat(plan.interval_end))
-        conn.execute(db.scoring_runs.delete().where(db.scoring_runs.c.run_id == plan.run_id))
+        # A run re-planned with nothing left to do (all scored by its first publish) keeps that publish's record;
+        # otherwise a retried run replaces its row.
+        keep_record = not plan.chunks and conn.execute(
+            select(db.scoring_runs.c.run_id).where(db.scoring_runs.c.run_id == plan.run_id)).first() is not None
+        if not keep_record:
+            conn.execute(db.scoring_runs.delete().where(db.scoring_runs.c.run_id == plan.run_id))
         _create_staging(conn)
         for result in sorted(chunk_results, key=lambda r: r["index"]):
             chunk = _read_chunk(plan, Path(result["path"]))
@@ -301,24 +364,28 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
                 flagged += counts["flagged"]
                 skipped.update(counts["skipped"])
         _upsert_scores(conn, plan, now)
-        flagged_new = _insert_flags(conn, plan, now)
+        moves = _move_queue(conn, plan, now)
         _drop_staging(conn)
         rate = flagged / scored if scored else 0.0
-        conn.execute(db.scoring_runs.insert().values(
-            run_id=plan.run_id, interval_start=datetime.fromisoformat(plan.interval_start),
-            interval_end=datetime.fromisoformat(plan.interval_end), model_version=model.version,
-            threshold=model.threshold, reviews_read=read, reviews_scored=scored,
-            reviews_skipped=sum(skipped.values()), reviews_flagged=flagged,
-            skip_reasons=json.dumps(dict(skipped), sort_keys=True), started_at=now,
-            finished_at=datetime.now(timezone.utc), status="success",
-        ))
+        if not keep_record:
+            conn.execute(db.scoring_runs.insert().values(
+                run_id=plan.run_id, interval_start=datetime.fromisoformat(plan.interval_start),
+                interval_end=datetime.fromisoformat(plan.interval_end), model_version=model.version,
+                threshold=model.threshold, reviews_read=read, reviews_scored=scored,
+                reviews_skipped=sum(skipped.values()), reviews_flagged=flagged,
+                skip_reasons=json.dumps(dict(skipped), sort_keys=True), started_at=now,
+                finished_at=datetime.now(timezone.utc), status="success",
+            ))
         recent = _recent_flag_rates(conn, plan.run_id)
     engine.dispose()
+    if remove_chunks:
+        _remove_chunk_files(chunk_results)
     summary = {
         "run_id": plan.run_id, "interval_start": plan.interval_start, "interval_end": plan.interval_end,
         "model_version": model.version, "threshold": model.threshold, "reviews_read": read,
         "reviews_scored": scored, "reviews_skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
-        "reviews_flagged": flagged, "newly_queued": flagged_new, "flag_rate": round(rate, 5),
+        "reviews_flagged": flagged, "newly_queued": moves["queued"] + moves["re-opened"],
+        "queue_changes": moves, "flag_rate": round(rate, 5),
         "publish_seconds": round(time.perf_counter() - started, 3),
     }
     summary["warning"] = run_warning(plan, read, scored, dict(skipped), rate, recent)
@@ -391,7 +458,28 @@ def _read_chunk(plan: RunPlan, path: Path) -> Any:
 
     if not path.is_file():
         raise DatabaseError(f"run {plan.run_id}: chunk file is missing: {path}")
-    return pq.read_table(path, columns=["review_id", "score", "skip_reason"])
+    import pyarrow as pa
+
+    table = pq.read_table(path)
+    if "text_version" not in table.column_names:  # written by an earlier release: the current text is assumed
+        table = table.append_column("text_version", pa.nulls(table.num_rows, pa.int64()))
+    return table.select(["review_id", "score", "skip_reason", "text_version"])
+
+
+def _remove_chunk_files(chunk_results: list[dict[str, Any]]) -> None:
+    """Delete a published run's chunk files, and their folder once it is empty."""
+    folders = set()
+    for result in chunk_results:
+        path = Path(result["path"])
+        path.unlink(missing_ok=True)
+        folders.add(path.parent)
+    for folder in folders:
+        for leftover in folder.glob("chunk-*.parquet.partial"):  # a killed attempt's, replaced by its retry
+            leftover.unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (another run's files) or already gone
 
 
 def _create_staging(conn: Any) -> None:
@@ -421,7 +509,8 @@ def _stage_scores(conn: Any, rows: Any, threshold: float) -> dict[str, Any]:
                         pc.coalesce(rows.column("skip_reason").combine_chunks().cast(pa.string()),
                                     pa.scalar(UNSCORED)))
     ids = rows.column("review_id").combine_chunks().cast(pa.int64())
-    staged = pa.table({"review_id": ids, "score": score, "skip_reason": reason})
+    versions = rows.column("text_version").combine_chunks().cast(pa.int64())
+    staged = pa.table({"review_id": ids, "score": score, "skip_reason": reason, "text_version": versions})
     if conn.dialect.name == "postgresql":
         _copy_into(conn, _staging.name, staged)
     else:
@@ -446,8 +535,21 @@ def _copy_into(conn: Any, table_name: str, rows: Any) -> None:
         copy.write(buffer.getvalue())
 
 
+def _current(conn: Any) -> tuple[Any, Any]:
+    """The staged rows scored for their review's current text, joined to it, and that text version.
+
+    A review deleted since it was scored, or edited since, drops out here: its
+    score is not written (a later run scores the new text), so neither a
+    foreign key nor a stale score can stop or spoil the publish.
+    """
+    r = db.reviews.c
+    version = func.coalesce(_staging.c.text_version, r.text_version)
+    joined = _staging.join(db.reviews, and_(r.review_id == _staging.c.review_id, r.text_version == version))
+    return joined, r.text_version
+
+
 def _upsert_scores(conn: Any, plan: RunPlan, now: datetime) -> int:
-    """Every staged row into review_scores; a row already there is rewritten only if its result changed."""
+    """Every current staged row into review_scores; a row already there is rewritten only if its result changed."""
     insert = _dialect_insert(conn)(db.review_scores)
     excluded = insert.excluded
     current = db.review_scores.c
@@ -455,36 +557,108 @@ def _upsert_scores(conn: Any, plan: RunPlan, now: datetime) -> int:
         (current.score.is_(None) != excluded.score.is_(None))
         | (func.abs(func.coalesce(current.score, 0.0) - func.coalesce(excluded.score, 0.0)) > 1e-6)
         | (func.coalesce(current.skip_reason, "") != func.coalesce(excluded.skip_reason, ""))
+        | (current.text_version != excluded.text_version)
     )
+    joined, version = _current(conn)
     rows = select(
         _staging.c.review_id, literal(plan.model.version, String), _staging.c.score, _staging.c.skip_reason,
-        literal(now, DateTime(timezone=True)), literal(plan.run_id, String),
-    ).where(true())  # SQLite needs a WHERE before ON CONFLICT to parse an INSERT ... SELECT
+        literal(now, DateTime(timezone=True)), literal(plan.run_id, String), version,
+    ).select_from(joined).where(true())  # SQLite needs a WHERE before ON CONFLICT to parse an INSERT ... SELECT
     statement = insert.from_select(
-        ["review_id", "model_version", "score", "skip_reason", "scored_at", "run_id"], rows
+        ["review_id", "model_version", "score", "skip_reason", "scored_at", "run_id", "text_version"], rows
     ).on_conflict_do_update(
         index_elements=[current.review_id, current.model_version],
         set_={"score": excluded.score, "skip_reason": excluded.skip_reason,
-              "scored_at": excluded.scored_at, "run_id": excluded.run_id},
+              "scored_at": excluded.scored_at, "run_id": excluded.run_id, "text_version": excluded.text_version},
         where=changed,
     )
     return int(conn.execute(statement.execution_options(preserve_rowcount=True)).rowcount)
 
 
-def _insert_flags(conn: Any, plan: RunPlan, now: datetime) -> int:
-    """Queue the staged rows at or above the threshold; a review already queued (decided or not) stays as it is.
+#: Queue statuses a moderator set; such a row moves again only when its text changed.
+DECIDED = ("confirmed", "dismissed")
 
-    Returns how many were queued now.
+
+def _move_queue(conn: Any, plan: RunPlan, now: datetime) -> dict[str, int]:
+    """Move the queue for the current staged scores, each move with its event in ``moderation_events``.
+
+    A queue row is judged again only when the score is for another model or
+    another text than the one it holds:
+
+    * pending: still at or over the threshold: re-scored; below it: expired;
+    * confirmed/dismissed, text edited since: over: re-opened (the decision
+      stays in the history); below: expired. Same text, new model: kept;
+    * expired, now over the threshold: re-opened;
+    * not queued, at or over the threshold: queued.
+
+    Returns how many rows each move touched.
     """
+    q = db.moderation_queue.c
     threshold = plan.model.threshold
+    joined, version = _current(conn)
+    flag = and_(_staging.c.score.is_not(None), _staging.c.score >= threshold)
+    new_judgement = or_(q.model_version != plan.model.version, q.text_version != version)
+    edited = q.text_version != version
+    moves = {
+        "expired": or_(and_(q.status == "pending", new_judgement, ~flag),
+                       and_(q.status.in_(DECIDED), edited, ~flag)),
+        "re-opened": or_(and_(q.status.in_(DECIDED), edited, flag), and_(q.status == "expired", flag)),
+        "re-scored": and_(q.status == "pending", new_judgement, flag),
+    }
+    new_status = {"expired": "expired", "re-opened": "pending", "re-scored": "pending"}
+    counts: dict[str, int] = {}
+    for move, condition in moves.items():  # exclusive on the rows' state before any of them
+        source = joined.join(db.moderation_queue, q.review_id == _staging.c.review_id)
+        counts[move] = _append_events(conn, plan, now, move, new_status[move], source, condition,
+                                      previous=q.status, note=_earlier_decision(q) if move != "re-scored" else None)
+        if not counts[move]:
+            continue
+        def staged(value: Any) -> Any:  # the staged row's value, as a correlated subquery
+            return select(value).select_from(joined).where(_staging.c.review_id == q.review_id).scalar_subquery()
+
+        values: dict[str, Any] = {
+            "status": new_status[move], "score": staged(func.coalesce(_staging.c.score, q.score)),
+            "model_version": plan.model.version, "threshold": threshold, "text_version": staged(version),
+            "run_id": plan.run_id,
+        }
+        if move == "re-opened":
+            values.update(flagged_at=now, decided_by=None, decided_at=None, note=None)
+        matching = select(_staging.c.review_id).select_from(joined).where(
+            _staging.c.review_id == q.review_id, condition)
+        conn.execute(db.moderation_queue.update().where(exists(matching)).values(**values))
+    not_queued = ~exists().where(q.review_id == _staging.c.review_id)
+    counts["queued"] = _append_events(conn, plan, now, "queued", "pending", joined, and_(flag, not_queued),
+                                      previous=literal(None, String), note=None)
     rows = select(
         _staging.c.review_id, literal(plan.model.version, String), _staging.c.score,
         literal(threshold, Float), literal("pending", String), literal(now, DateTime(timezone=True)),
-        literal(plan.run_id, String),
-    ).where(_staging.c.score.is_not(None), _staging.c.score >= threshold)
-    statement = _dialect_insert(conn)(db.moderation_queue).from_select(
-        ["review_id", "model_version", "score", "threshold", "status", "flagged_at", "run_id"], rows
-    ).on_conflict_do_nothing(index_elements=["review_id"])
+        literal(plan.run_id, String), version,
+    ).select_from(joined).where(flag)
+    conn.execute(_dialect_insert(conn)(db.moderation_queue).from_select(
+        ["review_id", "model_version", "score", "threshold", "status", "flagged_at", "run_id", "text_version"], rows
+    ).on_conflict_do_nothing(index_elements=["review_id"]))
+    return counts
+
+
+def _earlier_decision(q: Any) -> Any:
+    """The decision a move supersedes, for its event's note ("confirmed by kim"); NULL for none."""
+    return case((q.decided_by.is_not(None), q.status + literal(" by ", String) + q.decided_by), else_=None)
+
+
+def _append_events(conn: Any, plan: RunPlan, now: datetime, event: str, status: str, source: Any,
+                   condition: Any, previous: Any, note: Any) -> int:
+    """One ``moderation_events`` row per source row meeting ``condition``; returns how many."""
+    e = db.moderation_events.c
+    version = func.coalesce(_staging.c.text_version, db.reviews.c.text_version)
+    rows = select(
+        _staging.c.review_id, literal(event, String), literal(status, String), previous,
+        literal(plan.run_id, String), literal(now, DateTime(timezone=True)), _staging.c.score,
+        literal(plan.model.version, String), literal(plan.model.threshold, Float), version,
+        literal(plan.run_id, String), note if note is not None else literal(None, String),
+    ).select_from(source).where(condition)
+    statement = insert(db.moderation_events).from_select(
+        [e.review_id, e.event, e.status, e.previous_status, e.actor, e.at, e.score, e.model_version,
+         e.threshold, e.text_version, e.run_id, e.note], rows)
     return int(conn.execute(statement.execution_options(preserve_rowcount=True)).rowcount)
 
 
@@ -509,16 +683,17 @@ def _recent_flag_rates(conn: Any, exclude_run: str) -> list[float]:
 
 def run_nightly(db_url: str | None, start: datetime, end: datetime, run_id: str | None = None,
                 chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
-                work_dir: Path | None = None) -> dict[str, Any]:
-    """The whole nightly job without Airflow: plan, score every chunk, publish."""
+                work_dir: Path | None = None, max_reviews: int = MAX_REVIEWS_PER_RUN) -> dict[str, Any]:
+    """The whole nightly job without Airflow: plan, score every chunk, publish (chunk files removed after)."""
     from moderation.scoring import load_scorer
 
+    start, end = as_utc(start), as_utc(end)  # one interval, one label, whatever zone it was given in
     run_id = run_id or f"cli__{start.isoformat()}__{end.isoformat()}"
-    plan = plan_run(db_url, run_id, start, end, chunk_size, threshold)
+    plan = plan_run(db_url, run_id, start, end, chunk_size, threshold, max_reviews=max_reviews)
     out_dir = work_dir or run_dir(run_id)
     results = []
     if plan.chunks:
         scorer = load_scorer(plan.model.path, threshold=plan.model.threshold)
         for chunk in plan.chunks:
             results.append(score_chunk(db_url, chunk, plan.model.path, out_dir, scorer=scorer))
-    return publish(db_url, plan, results)
+    return publish(db_url, plan, results, remove_chunks=True)

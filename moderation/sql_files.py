@@ -1,9 +1,10 @@
-"""Apply the PostgreSQL DDL in ``sql/`` (tables, moderators' view, roles).
+"""Apply the PostgreSQL DDL in ``sql/`` (``schema.sql``: the migrations' offline output).
 
-The files are the DDL of record for a PostgreSQL deployment (a DBA can run
-them with ``psql -f``); :mod:`moderation.db` holds the same schema for
-SQLAlchemy. Each file goes to the server whole, through the driver's simple
-query protocol, so ``DO $$ ... $$`` blocks need no statement splitting.
+``moderation db init``/``upgrade`` run the migrations themselves; this applies
+the generated SQL as a DBA would with ``psql -1 -f`` (tests use it to prove the
+file and the migrations build the same schema). Each file goes to the server
+whole, through the driver's simple query protocol, so ``DO $$ ... $$`` blocks
+need no statement splitting.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def sql_dir() -> Path:
 
 
 def sql_files(directory: Path | None = None) -> list[Path]:
-    """The ``*.sql`` files of the folder in name order (``001_`` before ``002_``)."""
+    """The ``*.sql`` files of the folder in name order."""
     directory = directory or sql_dir()
     if not directory.is_dir():
         raise DatabaseError(f"SQL folder not found: {directory} (set {SQL_DIR_ENV} to the repository's sql/ folder)")

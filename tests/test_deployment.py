@@ -609,13 +609,13 @@ def test_postgres_init_script_creates_both_databases_and_a_scorer_login(pg_url: 
     """The real script against the test server, with unique names dropped afterwards.
 
     Also proves the reviews owner needs no CREATEROLE: ``moderation db init``
-    applies sql/ (roles included) as that owner.
+    runs the migrations (roles and grants included) as that owner.
     """
     if not shutil.which("psql"):
         pytest.skip("psql is not installed")
     from sqlalchemy import create_engine, make_url, text
 
-    from moderation import db, sql_files
+    from moderation import db
 
     admin_url = make_url(pg_url)  # a fresh database, reached as the server's admin user
     suffix = uuid.uuid4().hex[:10]
@@ -635,7 +635,7 @@ def test_postgres_init_script_creates_both_databases_and_a_scorer_login(pg_url: 
         owner_url = admin_url.set(username=names["REVIEWS_DB_USER"], password=secrets["REVIEWS_DB_PASSWORD"],
                                   database=names["REVIEWS_DB_NAME"])
         owner = db.make_engine(owner_url.render_as_string(hide_password=False))
-        sql_files.apply_sql(owner)
+        db.init_schema(owner)
         owner.dispose()
         scorer = create_engine(owner_url.set(username=names["REVIEWS_SCORER_USER"],
                                              password=secrets["REVIEWS_SCORER_PASSWORD"]))

@@ -92,7 +92,7 @@ def test_nsmc_tsv(engine: Engine, tmp_path: Path) -> None:
     assert [(r.line, r.reason) for r in report.rejections] == [(6, "label '5' is not 0 or 1")]
     rows = stored(engine)
     assert rows[6270596] == {"review_id": 6270596, "product_id": 0, "rating": None, "text": "굳 ㅋ",
-                                  "created_at": None, "ingested_at": NOW}
+                                  "created_at": None, "ingested_at": NOW, "text_version": 1}
     assert rows[6825595]["text"] == ""
 
 

@@ -38,7 +38,7 @@ IMPORTED_AT = datetime(2024, 3, 4, tzinfo=timezone.utc)
 #: The sample is spread over the three days before IMPORTED_AT; the runs here score the middle one.
 INTERVAL = (datetime(2024, 3, 2, tzinfo=timezone.utc), datetime(2024, 3, 3, tzinfo=timezone.utc))
 RUN_ID = "scheduled__2024-03-03T00:00:00+00:00"
-CHUNK_SIZE = 800  # ~2,000 reviews that day -> 3 chunks
+CHUNK_SIZE = 2_100  # the 6,012 reviews, none scored yet -> 3 chunks
 RESULT_TABLES = (db.review_scores, db.moderation_queue, db.scoring_runs)
 
 
@@ -84,10 +84,13 @@ def snapshot(db_url: str) -> dict[str, list[dict[str, Any]]]:
 
 
 def interval_review_ids(db_url: str) -> set[int]:
+    """What the first run scores: every review lacking a score, whichever day it was ingested.
+
+    The interval labels the run; work is chosen by state (tests/test_state.py).
+    """
     engine = db.make_engine(db_url)
     with engine.connect() as conn:
-        ids = set(conn.execute(select(db.reviews.c.review_id).where(
-            db.reviews.c.ingested_at >= INTERVAL[0], db.reviews.c.ingested_at < INTERVAL[1])).scalars())
+        ids = set(conn.execute(select(db.reviews.c.review_id)).scalars())
     engine.dispose()
     return ids
 
@@ -229,7 +232,7 @@ def test_publish_failing_midway_commits_nothing_and_a_later_publish_succeeds(
     monkeypatch.setattr(pipeline, "PUBLISH_BATCH", 250)  # several staging writes per chunk
     staged: list[int] = []
     upserted: list[int] = []
-    real_stage, real_upsert, real_flags = pipeline._stage_scores, pipeline._upsert_scores, pipeline._insert_flags
+    real_stage, real_upsert, real_flags = pipeline._stage_scores, pipeline._upsert_scores, pipeline._move_queue
 
     def counting_stage(conn: Any, chunk_rows: Any, threshold: float) -> dict[str, Any]:
         counts = real_stage(conn, chunk_rows, threshold)
@@ -255,14 +258,14 @@ def test_publish_failing_midway_commits_nothing_and_a_later_publish_succeeds(
                 real_flags(conn, run_plan, now)  # the queue is written too, then the connection drops
                 raise _operational_error("server closed the connection unexpectedly")
 
-            monkeypatch.setattr(pipeline, "_insert_flags", flags_then_fail)
+            monkeypatch.setattr(pipeline, "_move_queue", flags_then_fail)
         else:
             Path(results[-1]["path"]).rename(moved)
         try:
             with pytest.raises(DatabaseError) as caught:
                 pipeline.publish(any_db_url, run_plan, results)
         finally:
-            monkeypatch.setattr(pipeline, "_insert_flags", real_flags)
+            monkeypatch.setattr(pipeline, "_move_queue", real_flags)
             if moved.exists():
                 moved.rename(results[-1]["path"])
         assert sum(staged) >= 1_000, staged  # well into the transaction when it failed
@@ -312,7 +315,7 @@ def test_publish_when_the_server_kills_the_connection_midway(
     load_reviews(pg_url, sample_path)
     plan, results = plan_and_score(pg_url, tmp_path / "run", scorer)
     monkeypatch.setattr(pipeline, "PUBLISH_BATCH", 250)
-    real_flags = pipeline._insert_flags
+    real_flags = pipeline._move_queue
     killed: list[int] = []
     admin = db.make_engine(pg_url)
 
@@ -324,7 +327,7 @@ def test_publish_when_the_server_kills_the_connection_midway(
             killed.append(pid)
         return real_flags(conn, run_plan, now)
 
-    monkeypatch.setattr(pipeline, "_insert_flags", terminate_then_insert)
+    monkeypatch.setattr(pipeline, "_move_queue", terminate_then_insert)
     empty = snapshot(pg_url)
     with pytest.raises(DatabaseError) as caught:
         pipeline.publish(pg_url, plan, results)
@@ -334,7 +337,7 @@ def test_publish_when_the_server_kills_the_connection_midway(
     admin.dispose()
     assert snapshot(pg_url) == empty
 
-    monkeypatch.setattr(pipeline, "_insert_flags", real_flags)
+    monkeypatch.setattr(pipeline, "_move_queue", real_flags)
     pipeline.publish(pg_url, plan, results)
     assert_consistent(pg_url, results, plan.model.threshold, {RUN_ID})
 
@@ -591,22 +594,19 @@ def test_larger_night_keeps_memory_flat(
         texts.append(" ".join(parts)[:LONG_REVIEW])
     engine = db.make_engine(any_db_url)
     db.init_schema(engine)
+    script = tmp_path / "night.py"
+    script.write_text(MEMORY_CHILD, encoding="utf-8")
+    peaks = {}
     next_id = 1
-    with engine.begin() as conn:
-        for count, night in MEMORY_NIGHTS.items():
+    for count, night in MEMORY_NIGHTS.items():  # each night's reviews arrive, then that night runs
+        with engine.begin() as conn:
             for start in range(0, count, 5_000):
                 conn.execute(insert(db.reviews), [
                     {"review_id": next_id + i, "product_id": 1 + i % 500, "rating": 1 + i % 10,
                      "text": texts[i % len(texts)], "created_at": night,
                      "ingested_at": night + timedelta(seconds=i * 86_000 / count)}
                     for i in range(start, min(count, start + 5_000))])
-            next_id += count
-    engine.dispose()
-
-    script = tmp_path / "night.py"
-    script.write_text(MEMORY_CHILD, encoding="utf-8")
-    peaks = {}
-    for count, night in MEMORY_NIGHTS.items():
+        next_id += count
         done = subprocess.run(
             [sys.executable, str(script), any_db_url, str(tiny_model_dir), str(tmp_path / f"run-{count}"),
              night.isoformat(), (night + timedelta(days=1)).isoformat()],
@@ -616,6 +616,7 @@ def test_larger_night_keeps_memory_flat(
         report = json.loads(done.stdout.strip().splitlines()[-1])
         assert report["reviews_read"] == count
         peaks[count] = report
+    engine.dispose()
     print("memory (kB):", json.dumps(peaks))
 
     small, large = peaks[5_000], peaks[30_000]

@@ -1,4 +1,4 @@
-"""The roles of sql/003_roles.sql, tried by logging in as a moderator and as the scorer.
+"""The roles the migrations grant, tried by logging in as a moderator and as the scorer.
 
 Roles are cluster-wide: ``moderator`` and ``scorer`` may exist already (other
 tests, other databases, even concurrently) and are left in place; the LOGIN
@@ -36,7 +36,7 @@ INSUFFICIENT_PRIVILEGE = "42501"
 def owner(pg_url: str) -> Iterator[Engine]:
     """The database with the schema, the roles and a little data, as its owner."""
     engine = db.make_engine(pg_url)
-    apply_sql(engine)
+    db.init_schema(engine)  # `moderation db init`: the migrations, roles and grants included
     with engine.begin() as conn:
         conn.execute(db.reviews.insert(), [
             {"review_id": i, "product_id": 10, "rating": r, "text": t, "created_at": NOW, "ingested_at": NOW}
@@ -180,21 +180,20 @@ def test_scorer_can_publish_a_nightly_run(owner: Engine, login_as: Callable[[str
 
 
 def test_roles_file_tolerates_a_concurrent_creation_in_another_database(owner: Engine, tmp_path: Path) -> None:
-    """Two databases applying 003_roles.sql at once, the roles new to the cluster: both succeed.
+    """Two databases applying sql/schema.sql at once, the roles new to the cluster: both succeed.
 
-    Uses the file with its two role names made unique, so the roles really are
-    new and can be dropped afterwards without touching ``moderator``/``scorer``.
+    Uses the file with its two role names made unique (not in CHECK lines, where
+    'moderator' is a label source), so the roles really are new and can be
+    dropped afterwards without touching ``moderator``/``scorer``.
     """
     suffix = uuid.uuid4().hex[:10]
     names = {"moderator": f"test_race_moderator_{suffix}", "scorer": f"test_race_scorer_{suffix}"}
-    roles_sql = (sql_dir() / "003_roles.sql").read_text(encoding="utf-8")
+    lines = (sql_dir() / "schema.sql").read_text(encoding="utf-8").splitlines(keepends=True)
     for role, name in names.items():
-        roles_sql = re.sub(rf"\b{role}\b", name, roles_sql)
+        lines = [line if "CHECK" in line else re.sub(rf"\b{role}\b", name, line) for line in lines]
     folder = tmp_path / "sql"
     folder.mkdir()
-    for part in ("001_schema.sql", "002_views.sql"):
-        (folder / part).write_text((sql_dir() / part).read_text(encoding="utf-8"), encoding="utf-8")
-    (folder / "003_roles.sql").write_text(roles_sql, encoding="utf-8")
+    (folder / "schema.sql").write_text("".join(lines), encoding="utf-8")
 
     admin = create_engine(owner.url, isolation_level="AUTOCOMMIT")
     databases = [f"moderation_race_{suffix}_{i}" for i in range(2)]
@@ -216,7 +215,7 @@ def test_roles_file_tolerates_a_concurrent_creation_in_another_database(owner: E
 
         with ThreadPoolExecutor(len(engines)) as pool:
             results = list(pool.map(apply, engines))
-        assert all(len(files) == 3 for files in results)
+        assert all(len(files) == 1 for files in results)
         for engine in engines:
             with engine.connect() as conn:
                 assert conn.execute(text("SELECT has_table_privilege(:role, 'flagged_reviews', 'SELECT')"),

@@ -1,4 +1,9 @@
-"""sql/ against moderation/db.py on real PostgreSQL databases: the two schemas must not drift apart."""
+"""sql/ against the migrations and moderation/db.py on real PostgreSQL databases: they must not drift apart.
+
+``sql/schema.sql`` is the migrations' offline output (``moderation db sql``);
+a test regenerates it and compares, another applies it and compares the
+result with an online upgrade and with the metadata.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, func, inspect, make_url, select, text
 
-from moderation import config, db
+from moderation import config, db, migrations
 from moderation.errors import DatabaseError
 from moderation.sql_files import SQL_DIR_ENV, apply_sql, sql_dir, sql_files
 
@@ -29,7 +34,7 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def reference_engine(pg_url: str) -> Iterator[Engine]:
-    """A second fresh database on the same server, built by SQLAlchemy's create_all."""
+    """A second fresh database on the same server, upgraded online by the migrations."""
     admin = create_engine(make_url(db.make_engine(pg_url).url), isolation_level="AUTOCOMMIT")
     name = f"moderation_ref_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
@@ -67,11 +72,18 @@ def describe(engine: Engine) -> dict[str, Any]:
     return {"tables": tables, "views": views}
 
 
+def test_schema_sql_is_the_migrations_offline_output() -> None:
+    """Regenerate with ``moderation db sql > sql/schema.sql`` after adding a revision."""
+    assert [p.name for p in sql_files()] == ["schema.sql"]
+    assert (sql_dir() / "schema.sql").read_text(encoding="utf-8") == migrations.offline_sql(), \
+        "sql/schema.sql is stale: run `moderation db sql > sql/schema.sql`"
+
+
 def test_sql_files_match_the_metadata(pg_engine: Engine) -> None:
     apply_sql(pg_engine)
     inspector = inspect(pg_engine)
-    assert sorted(inspector.get_table_names()) == sorted(db.metadata.tables)
-    assert inspector.get_view_names() == ["flagged_reviews"]
+    assert sorted(inspector.get_table_names()) == sorted([*db.metadata.tables, "alembic_version"])
+    assert sorted(inspector.get_view_names()) == db.VIEWS
     for table in db.TABLES:
         columns = {c["name"]: c for c in inspector.get_columns(table.name)}
         assert list(columns) == [c.name for c in table.columns], table.name
@@ -81,7 +93,11 @@ def test_sql_files_match_the_metadata(pg_engine: Engine) -> None:
             assert found["type"].python_type is column.type.python_type, f"{table.name}.{column.name} type"
             assert getattr(found["type"], "length", None) == getattr(column.type, "length", None)
             assert getattr(found["type"], "timezone", None) == getattr(column.type, "timezone", None)
-            assert found["default"] is None  # defaults are the application's, on both sides
+            if column.autoincrement is True:  # a serial key: the sequence is its default
+                assert str(found["default"]).startswith("nextval("), f"{table.name}.{column.name} sequence"
+            else:  # defaults are the application's, except the counters the database keeps
+                expected = column.server_default.arg.text if column.server_default is not None else None
+                assert found["default"] == expected, f"{table.name}.{column.name} default"
         assert inspector.get_pk_constraint(table.name)["constrained_columns"] == [c.name for c in table.primary_key]
         assert sorted((ix["name"], ix["column_names"]) for ix in inspector.get_indexes(table.name)) == sorted(
             (ix.name, [c.name for c in ix.columns]) for ix in table.indexes)
@@ -92,38 +108,38 @@ def test_sql_files_match_the_metadata(pg_engine: Engine) -> None:
             c.name for c in table.constraints if c.__class__.__name__ == "CheckConstraint")
 
 
-def test_sql_files_build_what_create_all_builds(pg_engine: Engine, reference_engine: Engine) -> None:
+def test_sql_files_build_what_the_migrations_build(pg_engine: Engine, reference_engine: Engine) -> None:
     apply_sql(pg_engine)
     db.init_schema(reference_engine)
     assert describe(pg_engine) == describe(reference_engine)
+    with pg_engine.connect() as conn:
+        assert migrations.current(conn) == migrations.head()
 
 
-def test_apply_twice_then_init_schema_then_apply_again(pg_engine: Engine) -> None:
-    files = apply_sql(pg_engine)
-    assert [p.name for p in files] == ["001_schema.sql", "002_views.sql", "003_roles.sql"]
+def test_upgrade_after_the_sql_file_changes_nothing(pg_engine: Engine) -> None:
+    """A DBA applied sql/schema.sql by hand: ``moderation db upgrade`` finds the database at head."""
+    apply_sql(pg_engine)
     with pg_engine.begin() as conn:
         conn.execute(db.reviews.insert().values(review_id=1, product_id=2, text="좋아요", ingested_at=NOW))
     shape = describe(pg_engine)
-    apply_sql(pg_engine)
-    db.init_schema(pg_engine)
-    apply_sql(pg_engine)
+    assert migrations.upgrade(pg_engine) == (migrations.head(), migrations.head())
     assert describe(pg_engine) == shape
     with pg_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(db.reviews)).scalar_one() == 1
         roles = conn.execute(text("SELECT rolname, rolcanlogin FROM pg_roles "
                                   "WHERE rolname IN ('moderator', 'scorer') ORDER BY rolname")).all()
+        granted = conn.execute(text("SELECT has_table_privilege('moderator', 'flagged_reviews', 'SELECT')"))
+        assert granted.scalar_one() is True
     assert [tuple(r) for r in roles] == [("moderator", False), ("scorer", False)]
 
 
-def test_apply_after_init_schema(pg_engine: Engine) -> None:
-    """``moderation db init`` on a database the package created earlier: adds the grants, changes no table."""
-    db.init_schema(pg_engine)
-    shape = describe(pg_engine)
+def test_the_sql_file_twice_fails_whole_and_changes_nothing(pg_engine: Engine) -> None:
+    """The file is a plain upgrade from empty: a second apply stops at its first table, and rolls back."""
     apply_sql(pg_engine)
+    shape = describe(pg_engine)
+    with pytest.raises(DatabaseError, match=r"schema.sql .*already exists"):
+        apply_sql(pg_engine)
     assert describe(pg_engine) == shape
-    with pg_engine.connect() as conn:
-        granted = conn.execute(text("SELECT has_table_privilege('moderator', 'flagged_reviews', 'SELECT')"))
-        assert granted.scalar_one() is True
 
 
 def test_sql_dir_defaults_to_the_repository_and_follows_the_environment(

@@ -4,13 +4,13 @@
 # One server, two databases, each owned by its own user:
 #   AIRFLOW_DB_NAME  owned by AIRFLOW_DB_USER   Airflow's metadata
 #   REVIEWS_DB_NAME  owned by REVIEWS_DB_USER   the shop's reviews, scores and queue
-# plus REVIEWS_SCORER_USER, a LOGIN user in the `scorer` group role of
-# sql/003_roles.sql: Airflow's `reviews_db` connection logs in as it, so the
+# plus REVIEWS_SCORER_USER, a LOGIN user in the `scorer` group role the schema
+# migrations grant: Airflow's `reviews_db` connection logs in as it, so the
 # nightly DAG can write scores and flags but never decide them.
 #
 # The group roles are created here (as superuser) so that the reviews owner
-# needs no CREATEROLE when airflow-init applies sql/; 003_roles.sql finds them
-# and only grants. Values go through psql variables (:"ident", :'literal'),
+# needs no CREATEROLE when airflow-init runs `moderation db init`; the
+# migrations find them and only grant. Values go through psql variables (:"ident", :'literal'),
 # never pasted into SQL text.
 set -euo pipefail
 

@@ -16,9 +16,21 @@ REJECTIONS_SHOWN = 5
 def register(commands: argparse._SubParsersAction) -> None:
     db = commands.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    init = db_sub.add_parser("init", help="create the schema (idempotent)")
-    db_option(init)
-    init.set_defaults(handler=_db_init)
+    for name, text in (("init", "create the schema, or bring it to the newest revision (idempotent)"),
+                       ("upgrade", "apply the schema migrations the database lacks (same as init)")):
+        action = db_sub.add_parser(name, help=text, description=text + ". A database made by the first "
+                                   "release (no alembic_version table) is recognised and upgraded in place.")
+        db_option(action)
+        action.set_defaults(handler=_db_upgrade)
+    status = db_sub.add_parser("status", help="the database's schema revision and the code's")
+    db_option(status)
+    status.set_defaults(handler=_db_status)
+    sql = db_sub.add_parser("sql", help="print the migrations as PostgreSQL DDL (alembic upgrade --sql)",
+                            description="Print the upgrade as SQL for a DBA to review and run with psql -1. "
+                                        "Without --from: the whole schema (what sql/schema.sql holds).")
+    sql.add_argument("--from", dest="start", default=None, metavar="REV",
+                     help="the revision the database is at (see `moderation db status`)")
+    sql.set_defaults(handler=_db_sql)
 
     reviews = commands.add_parser("reviews", help="load reviews into the database")
     reviews_sub = reviews.add_subparsers(dest="reviews_command", metavar="ACTION", required=True)
@@ -52,19 +64,41 @@ def run_id(value: str) -> str:
     return value
 
 
-def _db_init(args: argparse.Namespace) -> int:
-    from moderation import db
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from moderation import db, migrations
 
     engine = db.make_engine(args.db)
-    if engine.dialect.name == "postgresql":
-        # The sql/ files are the DDL of record on PostgreSQL: tables, the moderators' view, the roles.
-        from moderation.sql_files import apply_sql
+    try:
+        before, after = migrations.upgrade(engine)
+    finally:
+        engine.dispose()
+    where = engine.url.render_as_string(hide_password=True)
+    change = f"upgraded from {before or 'an empty database'} to {after}" if before != after else f"already at {after}"
+    print(f"schema ready on {where}: {change}")
+    return 0
 
-        applied = apply_sql(engine)
-        print(f"applied {', '.join(p.name for p in applied)}")
-    db.init_schema(engine)
-    print(f"schema ready on {engine.url.render_as_string(hide_password=True)}")
-    engine.dispose()
+
+def _db_status(args: argparse.Namespace) -> int:
+    from moderation import db, migrations
+
+    engine = db.make_engine(args.db)
+    try:
+        with db.translate_errors(engine), engine.connect() as conn:
+            found = migrations.current(conn)
+            legacy = found is None and migrations.is_legacy(conn)
+    finally:
+        engine.dispose()
+    wanted = migrations.head()
+    state = found or ("first release, unversioned" if legacy else "empty")
+    verdict = "up to date" if found == wanted else f"run `{migrations.UPGRADE_COMMAND}`"
+    print(f"database: {state}; code: {wanted}; {verdict}")
+    return 0
+
+
+def _db_sql(args: argparse.Namespace) -> int:
+    from moderation import migrations
+
+    print(migrations.offline_sql(start=args.start), end="")
     return 0
 
 

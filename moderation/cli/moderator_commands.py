@@ -40,6 +40,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     _register_flagged(commands)
     _register_decide(commands)
     _register_stats(commands)
+    _register_events(commands)
     _register_labels(commands)
     _register_models(commands)
 
@@ -89,6 +90,20 @@ def _register_stats(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", choices=["table", "json"], default="table")
     db_option(parser)
     parser.set_defaults(handler=_stats)
+
+
+def _register_events(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "events", help="the queue's history: queued, re-scored, decided, re-opened, expired",
+        description="The append-only moderation_events trail (also the SQL view moderation_history): who moved "
+                    "which review when, with the score, model version and threshold of the move.")
+    parser.add_argument("review_ids", nargs="*", type=int, metavar="REVIEW_ID", help="only these reviews")
+    parser.add_argument("--event", choices=["queued", "re-scored", "decided", "re-opened", "expired"], default=None)
+    parser.add_argument("--since", type=parse_time, default=None, metavar="DATE", help="from this ISO date/time")
+    parser.add_argument("--limit", type=int, default=100, metavar="N", help="the latest N events (0: all)")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    db_option(parser)
+    parser.set_defaults(handler=_events)
 
 
 def _register_labels(commands: argparse._SubParsersAction) -> None:
@@ -205,6 +220,24 @@ def _stats(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:
         print(stats_text(result))
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    from moderation.moderators import events
+
+    if args.limit < 0:
+        raise InputDataError(f"--limit must be 0 (all) or more, not {args.limit}")
+    with _engine(args) as engine:
+        rows = events(engine, args.review_ids, event=args.event, since=args.since, limit=args.limit or None)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{'at':<32} {'review':>12} {'event':<10} {'from':<10} {'to':<10} {'score':>6} {'model':<20} by")
+    for row in rows:
+        score = "" if row["score"] is None else f"{row['score']:.3f}"
+        print(f"{row['at']:<32} {row['review_id']:>12} {row['event']:<10} {row['previous_status'] or '':<10} "
+              f"{row['status']:<10} {score:>6} {row['model_version'] or '':<20} {row['actor']}")
     return 0
 
 
@@ -329,7 +362,7 @@ def flagged_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no flagged reviews match"
     headers = ["review_id", "score", "status", "flagged_at (UTC)", "product", "text"]
-    cells = [[str(r["review_id"]), f"{r['score']:.4f}", r["status"], r["flagged_at"].strftime("%Y-%m-%d %H:%M"),
+    cells = [[str(r["review_id"]), "edited" if r["score"] is None else f"{r['score']:.4f}", r["status"], r["flagged_at"].strftime("%Y-%m-%d %H:%M"),
               str(r["product_id"]), truncate(one_line(r["text"] or ""), TEXT_WIDTH)] for r in rows]
     return render_table(headers, cells, right={0, 1, 4})
 
