@@ -61,3 +61,69 @@ def summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[st
     result = at_threshold(labels, scores, threshold)
     result["roc_auc"] = roc_auc(labels, scores)
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()}
+
+
+#: Named operating points: the precision on validation rows each one must reach.
+#: Like ORES' per-wiki "maybe / likely / very likely bad" levels.
+OPERATING_PRECISIONS: dict[str, float] = {"maybe": 0.6, "likely": 0.8, "very_likely": 0.9}
+
+
+def _ranked(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scores in descending order, with cumulative true and false positives and the run-end mask."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    tp = np.cumsum(sorted_labels)
+    fp = np.cumsum(~sorted_labels)
+    last_of_run = np.r_[sorted_scores[1:] != sorted_scores[:-1], True] if len(scores) else np.zeros(0, bool)
+    return sorted_scores, tp, fp, last_of_run
+
+
+def operating_points(labels: np.ndarray, scores: np.ndarray,
+                     targets: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """For each named precision target, the lowest threshold that reaches it, and the recall there.
+
+    The lowest such threshold gives the most recall at that precision. A target
+    no threshold reaches is left out. Precision depends on the share of
+    negatives in these rows, so the false-positive rate (which does not) is
+    reported beside it.
+    """
+    targets = OPERATING_PRECISIONS if targets is None else targets
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return {}
+    sorted_scores, tp, fp, last_of_run = _ranked(labels, scores)
+    precision = tp / (tp + fp)
+    points: dict[str, dict[str, float]] = {}
+    for name, target in targets.items():
+        reaching = np.flatnonzero(last_of_run & (precision >= target) & (sorted_scores > 0) & (sorted_scores < 1))
+        if not len(reaching):
+            continue
+        cut = int(reaching[-1])  # the lowest threshold (most rows flagged) that still reaches the target
+        points[name] = {
+            "threshold": round(float(sorted_scores[cut]), 6),
+            "target_precision": target,
+            "precision": round(float(precision[cut]), 5),
+            "recall": round(float(tp[cut] / n_pos), 5),
+            "false_positive_rate": round(float(fp[cut] / n_neg), 5),
+        }
+    return points
+
+
+def capped_fpr_threshold(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> float:
+    """The threshold of best balanced accuracy among those flagging at most ``max_fpr`` of the positives.
+
+    A shop's reviews are mostly positive, so the share of good reviews flagged
+    decides how much of the queue is noise; this bounds it, then takes the
+    most recall it allows.
+    """
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = max(int(labels.sum()), 1), max(int((~labels).sum()), 1)
+    sorted_scores, tp, fp, last_of_run = _ranked(labels, scores)
+    allowed = last_of_run & (fp / n_neg <= max_fpr)
+    if not allowed.any():
+        return float(sorted_scores[0]) if len(sorted_scores) else 0.5
+    j = np.where(allowed, tp / n_pos - fp / n_neg, -np.inf)
+    return float(sorted_scores[int(np.argmax(j))])

@@ -78,6 +78,31 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    #: Per domain, named thresholds with the precision and recall they reached on validation.
+    operating_points: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: The domain whose rows chose ``threshold`` and whose points a bare point name means.
+    default_domain: str | None = None
+
+    def operating_threshold(self, name: str) -> float:
+        """The threshold of a named operating point: ``likely``, or ``steam:likely`` for another domain.
+
+        ``default`` is the card's own threshold. An unknown name is an error
+        that lists the names this card has.
+        """
+        name = name.strip()
+        if name == "default":
+            return self.threshold
+        domain, _, point = name.rpartition(":")
+        domain = domain or self.default_domain or ""
+        found = self.operating_points.get(domain, {}).get(point)
+        if found is None:
+            known = ["default"] + [
+                (p if d == self.default_domain else f"{d}:{p}") for d, named in self.operating_points.items()
+                for p in named
+            ]
+            raise ModelBundleError(f"model {self.version} has no operating point {name!r} "
+                                   f"(it has: {', '.join(known)})")
+        return float(found["threshold"])
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> ModelCard:
