@@ -2,6 +2,7 @@
 
     python scripts/train_shop_model.py --out models/ko-char-lstm-v2
     python scripts/train_shop_model.py --evaluate models/ko-char-lstm-v1
+    python scripts/train_shop_model.py --recalibrate models/ko-char-lstm-v2
 
 Training starts from the movie-only model (``--init-from``), draws
 movie, Steam and shopping rows each epoch (see :mod:`moderation.mixture`),
@@ -57,9 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--rows", default="movie=60000,steam=24000,shopping=15000",
                         help="rows drawn per epoch per domain")
+    parser.add_argument("--select-on", default="shopping,steam",
+                        help="domains whose mean validation ROC-AUC picks the best epoch")
     parser.add_argument("--max-fpr", type=float, default=0.08,
                         help="share of positive shopping validation rows the default threshold may flag")
     parser.add_argument("--evaluate", type=Path, help="only measure this model directory at its card threshold")
+    parser.add_argument("--recalibrate", type=Path,
+                        help="only choose this model directory's operating points and default threshold again")
     parser.add_argument("--report", type=Path, help="write the per-domain figures as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -72,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         bundle = load_bundle(args.evaluate)
         report = {"version": bundle.version, "threshold": bundle.threshold,
                   "test_balanced": per_domain_table(bundle, splits, bundle.threshold)}
+    elif args.recalibrate:
+        from moderation.calibration import calibrate, write_card
+
+        bundle = load_bundle(args.recalibrate)
+        calibrate(bundle, {d: s.validation for d, s in splits.items()}, balanced_tests(splits), "shopping",
+                  args.max_fpr)
+        write_card(args.recalibrate, bundle.card)
+        report = {"version": bundle.version, "threshold": bundle.threshold,
+                  "test_balanced": per_domain_table(bundle, splits, bundle.threshold),
+                  "operating_points": bundle.card.operating_points}
     else:
         if not args.out:
             parser.error("--out is required unless --evaluate is given")
@@ -79,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         from moderation.mixture import MixtureConfig, train_mixture
 
         rows = {k: int(v) for k, v in (part.split("=") for part in args.rows.split(","))}
-        config = MixtureConfig(rows_per_epoch=rows, epochs=args.epochs, learning_rate=args.learning_rate)
+        config = MixtureConfig(rows_per_epoch=rows, epochs=args.epochs, learning_rate=args.learning_rate,
+                               select_on=tuple(args.select_on.split(",")))
         source = {"movie": str(args.movie.name), "other_domains": str(args.other.name)}
         bundle = train_mixture(splits, args.out, args.version or args.out.name, config,
                                init_from=args.init_from, source=source)
