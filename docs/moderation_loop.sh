@@ -13,14 +13,15 @@ step() { printf '\n### %s\n$ %s\n' "$1" "$2"; }
 step "1. the queue after the nightly run" "moderation flagged --status pending --limit 5"
 moderation flagged --status pending --limit 5
 
-# 2. Moderators work through the queue. Here they are simulated by the author's
-#    own rating: confirm flags on reviews rated 1-4, dismiss those rated 9-10.
+# 2. Moderators work through the queue. Here they are simulated by the review's
+#    5-point stars (the demo's shop; see moderation/shop_reviews.py): confirm
+#    flags on reviews with 1-2 stars, dismiss those with 4-5.
 moderation flagged --status pending --format json --output var/queue.json --force
 read -r confirm dismiss < <(python - <<'PY'
 import json
 rows = json.load(open("var/queue.json"))
-print(",".join(str(r["review_id"]) for r in rows if r["rating"] is not None and r["rating"] <= 4),
-      ",".join(str(r["review_id"]) for r in rows if r["rating"] is not None and r["rating"] >= 9))
+print(",".join(str(r["review_id"]) for r in rows if r["rating"] is not None and r["rating"] <= 2),
+      ",".join(str(r["review_id"]) for r in rows if r["rating"] is not None and r["rating"] >= 4))
 PY
 )
 step "2a. confirm flags" "moderation decide <$(tr ',' '\n' <<<"$confirm" | wc -l) ids> --confirm --by kim"
@@ -30,17 +31,17 @@ moderation decide $(tr ',' ' ' <<<"$dismiss") --dismiss --by lee --note "not neg
 step "2c. what moderators observed" "moderation stats"
 moderation stats
 
-step "3. retraining, triggered by hand (policy if_better)" \
+step "3. retraining, triggered by hand: fine-tunes the active model on decisions and 5-point stars (policy if_better)" \
      "airflow dags test review_model_retraining --conf '{\"epochs\": 2, \"min_new_labels\": 100}'"
 airflow dags test review_model_retraining --conf '{"epochs": 2, "min_new_labels": 100}' >var/retraining.log 2>&1
 grep -o 'retraining outcome: .*' var/retraining.log | head -1 | cut -c1-400
 step "3b. model versions" "moderation models list"
 moderation models list
 
-step "3c. retraining with rating labels too, policy always" \
-     "airflow dags test review_model_retraining --conf '{\"epochs\": 2, \"min_new_labels\": 100, \"include_rating_labels\": true, \"promotion_policy\": \"always\"}'"
+step "3c. retraining a new network instead (no warm start), policy always" \
+     "airflow dags test review_model_retraining --conf '{\"epochs\": 2, \"min_new_labels\": 100, \"warm_start\": false, \"learning_rate\": 0.002, \"promotion_policy\": \"always\"}'"
 airflow dags test review_model_retraining \
-    --conf '{"epochs": 2, "min_new_labels": 100, "include_rating_labels": true, "promotion_policy": "always"}' >var/retraining2.log 2>&1
+    --conf '{"epochs": 2, "min_new_labels": 100, "warm_start": false, "learning_rate": 0.002, "promotion_policy": "always"}' >var/retraining2.log 2>&1
 grep -o 'retraining outcome: .*' var/retraining2.log | head -1 | cut -c1-400
 moderation models list
 

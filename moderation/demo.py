@@ -3,8 +3,13 @@
 Steps, each visible in the output:
 
 1. create ``var/reviews.db`` (under ``MODERATION_HOME``) and its schema;
-2. import a few thousand real corpus reviews, ``ingested_at`` spread over the
-   three days before today (UTC), so "yesterday" has about a third of them;
+2. import a few thousand real shop reviews with 5-point stars, ``ingested_at``
+   spread over the three days before today (UTC), so "yesterday" has about a
+   third of them: every shopping review and Steam (game-store) reviews of
+   ``other_domains.parquet``, prepared by :mod:`moderation.shop_reviews`
+   (stars the corpus lacks are DERIVED from the review's label: negative 1-2,
+   positive 4-5; products are synthetic, a few dozen per domain). Without the
+   shared corpus the 800-row sample in ``tests/data`` is used, and said so;
 3. migrate a private Airflow metadata database in ``var/airflow``;
 4. ``airflow dags test review_moderation_nightly <today>``: the run whose data
    interval is yesterday, every task run for real (plan, mapped scoring,
@@ -38,22 +43,41 @@ SEED = 20240301
 
 
 def corpus_path() -> Path:
-    """The shared corpus next to the checkout, else the sample shipped with the tests."""
+    """The shop reviews' source: the shared other-domains corpus, else the sample shipped with the tests."""
+    from moderation import shop_reviews
+
+    return shop_reviews.corpus_path()
+
+
+def training_corpus_path() -> Path:
+    """The movie-review corpus a model can be trained on (for the hint when no model is there)."""
     shared = config.PROJECT_ROOT.parent / "shared" / "data" / "ko_reviews.parquet"
     return shared if shared.is_file() else config.PROJECT_ROOT / "tests" / "data" / "reviews_sample.parquet"
 
 
 def demo_reviews_file(work: Path) -> Path:
-    """A fixed random sample of the corpus (the whole corpus is 640k rows: too many for a demo)."""
+    """The shop's reviews: every shopping review, then Steam reviews up to :data:`DEMO_REVIEWS` (seeded)."""
     import pandas as pd
 
+    from moderation import shop_reviews
+
     source = corpus_path()
-    frame = pd.read_parquet(source)
-    if len(frame) > DEMO_REVIEWS:
-        frame = frame.sample(n=DEMO_REVIEWS, random_state=SEED).sort_values("review_id")
+    if source.name != shop_reviews.SHARED_FILE:
+        print(f"  note: {shop_reviews.SHARED_FILE} is not in shared/data beside the checkout; "
+              f"using the {source.name} sample ({source})")
+    rows = shop_reviews.load(source)
+    shopping = rows[rows["domain"] == "shopping"]
+    steam = rows[rows["domain"] == "steam"]
+    room = max(DEMO_REVIEWS - len(shopping), 0)
+    if len(steam) > room:
+        steam = steam.sample(n=room, random_state=SEED)
+    frame = pd.concat([shopping, steam]).sort_values("review_id").reset_index(drop=True)
     out = work / "demo_reviews.parquet"
     frame.to_parquet(out, index=False)
-    print(f"  {len(frame):,} reviews from {source}")
+    derived = int((frame["rating_source"] == "derived").sum())
+    print(f"  {len(frame):,} shop reviews from {source}: {len(shopping):,} shopping, {len(steam):,} Steam, "
+          f"{frame['product_id'].nunique()} synthetic products; stars derived from the label for {derived:,} "
+          f"(negative 1-2, positive 4-5), the author's own for {len(frame) - derived:,}")
     return out
 
 
@@ -123,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dir = config.default_model_dir()
     if not (model_dir / "card.json").is_file():
         print(f"demo: no model at {model_dir}. Train one first, e.g.\n"
-              f"  .venv/bin/moderation train --data {corpus_path()} --out {model_dir}\n"
+              f"  .venv/bin/moderation train --data {training_corpus_path()} --out {model_dir}\n"
               f"or point MODERATION_MODEL_DIR at a model directory.", file=sys.stderr)
         return 2
 
@@ -145,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"1. database {db_path}")
         engine = db.make_engine(db_url)
         db.init_schema(engine)
-        print(f"2. importing reviews, ingested_at spread over the {SPREAD_DAYS} days before {today:%Y-%m-%d}")
+        print(f"2. importing shop reviews (5-point stars), ingested_at spread over the {SPREAD_DAYS} days before {today:%Y-%m-%d}")
         report = import_reviews(engine, demo_reviews_file(var), spread_days=SPREAD_DAYS, now=today)
         print(f"  {report.summary()}")
     except ModerationError as exc:
@@ -176,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"flagged      {run['reviews_flagged']:,}  ({rate:.1%} of scored)")
     print("\n=== top 10 flagged reviews (flagged_reviews view) ===")
     for row in top_flagged(engine):
-        print(f"{row['score']:.3f}  {row['status']:9s}  {one_line(row['text'])}")
+        stars = "-" if row["rating"] is None else f"{row['rating']}★"
+        print(f"{row['score']:.3f}  {stars:3s} {row['status']:9s}  {one_line(row['text'])}")
     engine.dispose()
     print(f"\ndone in {time.perf_counter() - started:.0f}s. Database: {db_path}; Airflow logs: {airflow_home}")
     return 0

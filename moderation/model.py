@@ -205,6 +205,17 @@ def build_model(vocab_size: int, embedding_dim: int = 16, learning_rate: float =
         ],
         name="ko_char_lstm",
     )
+    return compile_model(model, learning_rate)
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
+    """Adam, binary cross-entropy, accuracy and ROC-AUC: for a new network or a loaded one to fine-tune.
+
+    :func:`load_bundle` loads without compiling (scoring needs no optimizer), so
+    a model loaded to train further must be compiled here first.
+    """
+    import keras
+
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="binary_crossentropy",

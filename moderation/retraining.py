@@ -1,11 +1,21 @@
-"""Retraining on moderators' decisions: snapshot, train, compare, register, promote.
+"""Retraining on the shop's own labels: snapshot, train, calibrate, compare, register, promote.
 
 Each step is a plain function the ``review_model_retraining`` DAG calls;
 files carry the data between steps, small dicts carry paths and figures.
 
-The candidate and the active model are compared on the SAME held-out part
-of the labelled snapshot (split by product, so no product's reviews sit on
-both sides), by ROC-AUC, which does not depend on either model's threshold.
+By default retraining ADAPTS the active model to the shop: the labels are the
+moderators' decisions plus the shop's star ratings as weak labels (5-point:
+1-2 negative, 4-5 positive, 3 left out), the candidate is the active model
+fine-tuned on them (warm start: its vocabulary and network kept, a low
+learning rate, a few epochs), and its thresholds are chosen again on the
+shop's validation rows (:func:`moderation.calibration.calibrate`, domain
+``shop``) before it is registered.
+
+The snapshot is split by product into training, validation (early stopping,
+thresholds) and held-out rows. The candidate and the active model are compared
+on the SAME held-out rows by ROC-AUC, which does not depend on either model's
+threshold; each model's balanced accuracy and share of positive reviews
+flagged at its own default threshold are reported beside it.
 """
 
 from __future__ import annotations
@@ -35,15 +45,24 @@ class RetrainingParams:
 
     epochs: int = 3
     batch_size: int = 256
-    learning_rate: float = 2e-3
+    #: Fine-tuning rate: a quarter of a fresh training's, so the base model's knowledge is refined, not erased.
+    learning_rate: float = 5e-4
     max_len: int = 150
     min_new_labels: int = 100
-    include_rating_labels: bool = False
+    #: Fine-tune the active model (True) or train a new network with a new vocabulary (False).
+    warm_start: bool = True
+    include_rating_labels: bool = True
+    #: The stored ratings' scale: 5 (shop stars: 1-2 negative, 4-5 positive) or 10 (1-4, 9-10).
+    rating_scale: int = 5
     include_base_corpus: bool = False
+    max_train_rows: int | None = None
     promotion_policy: str = "if_better"
     min_improvement: float = 0.0
     metric_floor: float = 0.6
+    validation_fraction: float = 0.15
     holdout_fraction: float = 0.2
+    #: Cap on the share of the shop's positive validation reviews the default threshold may flag.
+    max_false_positive_rate: float = 0.08
     seed: int = 13
 
     @classmethod
@@ -52,6 +71,12 @@ class RetrainingParams:
         params = cls(**known)
         if params.promotion_policy not in POLICIES:
             raise ModerationError(f"promotion_policy must be one of {', '.join(POLICIES)}, not {params.promotion_policy!r}")
+        if params.rating_scale not in (5, 10):
+            raise ModerationError(f"rating_scale must be 5 or 10, not {params.rating_scale!r}")
+        if not (0 < params.validation_fraction < 1 and 0 < params.holdout_fraction < 1
+                and params.validation_fraction + params.holdout_fraction < 1):
+            raise ModerationError(f"validation_fraction ({params.validation_fraction}) and holdout_fraction "
+                                  f"({params.holdout_fraction}) must be above 0 and leave rows to train on")
         return params
 
 
@@ -73,8 +98,8 @@ def snapshot_labels(db_url: str | None, out_dir: Path, params: RetrainingParams)
     engine = db.make_engine(db_url)
     with db.translate_errors(engine):
         if params.include_rating_labels:
-            refreshed = rating_labels(engine)  # weak labels follow the current ratings
-            log.info("rating labels refreshed: %d written or changed", refreshed)
+            refreshed = rating_labels(engine, scale=params.rating_scale)  # weak labels follow the current ratings
+            log.info("rating labels (%d-point scale) refreshed: %d written or changed", params.rating_scale, refreshed)
         frame = labelled_snapshot(engine, include_rating=params.include_rating_labels)
         with engine.connect() as conn:
             since = conn.execute(
@@ -115,46 +140,84 @@ def _snapshot_split(snapshot_path: str, params: RetrainingParams) -> Any:
 
     frame = pd.read_parquet(snapshot_path)
     frame = frame[["text", "label", "group"]].astype({"label": "int8", "group": "int64"})
-    # Products hold-out: validation inside training comes from the training part.
-    return split_by_group(frame, validation=0.0, test=params.holdout_fraction, seed=params.seed)
+    # By product: training, validation (early stopping and thresholds) and the held-out comparison rows.
+    return split_by_group(frame, validation=params.validation_fraction, test=params.holdout_fraction,
+                          seed=params.seed)
+
+
+#: The domain name the shop's own rows have on a retrained model's card.
+SHOP_DOMAIN = "shop"
+
+
+def warm_start_model(db_url: str | None, params: RetrainingParams) -> dict[str, str] | None:
+    """The active model to fine-tune (version and path), or None when ``warm_start`` is off."""
+    if not params.warm_start:
+        return None
+    from moderation.pipeline import active_model
+
+    engine = db.make_engine(db_url)
+    try:
+        active = active_model(engine)  # refuses a registered model whose files changed
+    finally:
+        engine.dispose()
+    return {"version": active.version, "path": active.path}
 
 
 def train_candidate(snapshot: dict[str, Any], params: RetrainingParams, models_dir: Path | None = None,
-                    version: str | None = None) -> dict[str, Any]:
-    """Train a candidate on the snapshot's training part (plus the base corpus when asked)."""
+                    version: str | None = None, init_from: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train a candidate on the snapshot's training products, then choose its thresholds on the shop's.
+
+    With ``init_from`` (see :func:`warm_start_model`) the candidate is that
+    model fine-tuned; the base corpus joins the training rows when asked.
+    The card is calibrated on the validation products (domain ``shop``) and
+    rewritten before anyone registers the directory, so its fingerprint is final.
+    """
     import pandas as pd
 
-    from moderation.data import Split, load_labelled, split_by_group
-    from moderation.training import TrainingConfig, train_on_split, version_name
+    from moderation.calibration import calibrate, write_card
+    from moderation.data import Split, balance_classes, load_labelled, split_by_group
+    from moderation.scoring import Scorer
+    from moderation.training import TrainingConfig, evaluate_frame, train_on_split, version_name
 
     parts = _snapshot_split(snapshot["path"], params)
+    for side, frame in (("training", parts.train), ("validation", parts.validation)):
+        if frame["label"].nunique() < 2:
+            raise ModerationError(f"the labelled snapshot needs both negative and positive reviews in its {side} "
+                                  f"products ({len(frame)} rows) to train; collect more decisions or include "
+                                  f"rating labels")
     labelled = parts.train
     if params.include_base_corpus:
         corpus = load_labelled(base_corpus_path())
         corpus_split = split_by_group(corpus, validation=0.0, test=0.1, seed=params.seed)
         labelled = pd.concat([labelled, corpus_split.train], ignore_index=True)
-    inner = split_by_group(labelled, validation=0.15, test=0.0, seed=params.seed + 1)
-    if inner.train["label"].nunique() < 2 or inner.validation["label"].nunique() < 2:
-        raise ModerationError("the labelled snapshot needs both negative and positive reviews on each side "
-                              "of the split to train; collect more decisions or include rating labels")
     version = version or version_name()
     out_dir = (models_dir or config.models_dir()) / version
     cfg = TrainingConfig(epochs=params.epochs, batch_size=params.batch_size, learning_rate=params.learning_rate,
-                         max_len=params.max_len, patience=2, seed=params.seed, verbose=2)
-    bundle = train_on_split(Split(inner.train, inner.validation, parts.test), out_dir, cfg, version,
+                         max_len=params.max_len, patience=2, seed=params.seed, verbose=2,
+                         max_train_rows=params.max_train_rows, init_from=init_from["path"] if init_from else None)
+    bundle = train_on_split(Split(labelled, parts.validation, parts.test), out_dir, cfg, version,
                             source={"snapshot": snapshot["path"], "snapshot_fingerprint": snapshot.get("fingerprint"),
-                                    "include_base_corpus": params.include_base_corpus})
-    losses = bundle.card.training["history"]["loss"]
-    return {"version": version, "path": str(out_dir), "threshold": bundle.threshold,
-            "final_loss": float(losses[-1]), "epochs_run": len(losses)}
+                                    "include_base_corpus": params.include_base_corpus,
+                                    "include_rating_labels": params.include_rating_labels,
+                                    "rating_scale": params.rating_scale})
+    card = calibrate(bundle, {SHOP_DOMAIN: parts.validation}, {SHOP_DOMAIN: parts.test}, default_domain=SHOP_DOMAIN,
+                     max_false_positive_rate=params.max_false_positive_rate)
+    if len(parts.test):  # the card's test figures at the threshold it now carries
+        card.metrics["test_balanced"] = evaluate_frame(Scorer(bundle), balance_classes(parts.test, params.seed))
+        card.metrics["test"] = evaluate_frame(Scorer(bundle), parts.test)
+    write_card(out_dir, card)
+    losses = card.training["history"]["loss"]
+    return {"version": version, "path": str(out_dir), "threshold": card.threshold,
+            "final_loss": float(losses[-1]), "epochs_run": len(losses),
+            "init_from": init_from["version"] if init_from else None,
+            "operating_points": {name: point["threshold"]
+                                 for name, point in card.operating_points.get(SHOP_DOMAIN, {}).items()}}
 
 
 def evaluate_models(snapshot: dict[str, Any], candidate: dict[str, Any], active_path: str | None,
                     params: RetrainingParams) -> dict[str, Any]:
     """Metrics of the candidate and the active model on the same held-out labels."""
     from moderation.model import load_bundle
-    from moderation.scoring import Scorer
-    from moderation.training import evaluate_frame
 
     holdout = _snapshot_split(snapshot["path"], params).test
     result: dict[str, Any] = {"holdout_rows": int(len(holdout)),
@@ -163,9 +226,41 @@ def evaluate_models(snapshot: dict[str, Any], candidate: dict[str, Any], active_
         if path is None or len(holdout) == 0:
             result[name] = None
             continue
-        result[name] = evaluate_frame(Scorer(load_bundle(path)), holdout)
+        result[name] = heldout_figures(load_bundle(path), holdout)
     log.info("evaluation on %d held-out labels: %s", len(holdout), json.dumps(result, ensure_ascii=False))
     return result
+
+
+def heldout_figures(bundle: Any, frame: Any) -> dict[str, Any]:
+    """A model on labelled rows at its own default threshold: ROC-AUC, balanced accuracy, false flags.
+
+    ``positives_flagged`` is the share of positive (label 0) reviews the model
+    would put in the queue: the moderators' wasted work and the shop's
+    wrongly hidden reviews.
+    """
+    import numpy as np
+
+    from moderation import metrics
+    from moderation.scoring import Scorer
+
+    scores = Scorer(bundle).score_texts(frame["text"]).score
+    valid = ~np.isnan(scores)
+    labels = frame["label"].to_numpy()[valid].astype(np.int8)
+    scores = scores[valid]
+    result: dict[str, Any] = metrics.summary(labels, scores, bundle.threshold)
+    positives = labels == 0
+    result["positives_flagged"] = round(float((scores[positives] >= bundle.threshold).mean()), 5) \
+        if positives.any() else None
+    result["threshold"] = bundle.threshold
+    result["version"] = bundle.version
+    result["skipped"] = int((~valid).sum())
+    return result
+
+
+def comparison(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Both models' held-out figures side by side, for the outcome and the log."""
+    keys = ("roc_auc", "balanced_accuracy", "positives_flagged", "threshold")
+    return {name: {k: (evaluation.get(name) or {}).get(k) for k in keys} for name in ("candidate", "active")}
 
 
 def promotion_decision(evaluation: dict[str, Any], candidate: dict[str, Any], params: RetrainingParams) -> dict[str, Any]:
@@ -195,7 +290,8 @@ def promotion_decision(evaluation: dict[str, Any], candidate: dict[str, Any], pa
                                         f"by more than {params.min_improvement} ({gain:+.4f})"}
 
 
-def register_and_promote(db_url: str | None, candidate: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+def register_and_promote(db_url: str | None, candidate: dict[str, Any], decision: dict[str, Any],
+                         evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Register the candidate; make it the active version only when the decision says so."""
     from moderation.pipeline import register_model
 
@@ -208,6 +304,8 @@ def register_and_promote(db_url: str | None, candidate: dict[str, Any], decision
     engine.dispose()
     outcome = {"candidate": candidate["version"], "promoted": bool(decision["promote"]),
                "reason": decision["reason"], "active_version": active,
+               "init_from": candidate.get("init_from"),
+               **({"heldout": comparison(evaluation)} if evaluation is not None else {}),
                "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     log.info("retraining outcome: %s", json.dumps(outcome, ensure_ascii=False))
     return outcome

@@ -8,6 +8,14 @@ speed, not in the network: the full review is kept (max 150 characters
 instead of a cut at 100), each batch is padded only to its longest row
 (masked), the 1:3 class imbalance is weighted away, and the best epoch by
 validation ROC-AUC is kept.
+
+Warm start (``TrainingConfig.init_from``): instead of a new network and a
+vocabulary built from the data, an existing model directory is loaded and
+trained further on the new rows, with its vocabulary and architecture kept.
+Characters the new rows use but that vocabulary lacks are read as the
+out-of-vocabulary id, exactly as the scorer reads them; they are counted,
+logged and recorded on the card (``training_data["unseen_characters"]``), so a
+shop whose text the base model never saw is visible, not silently blurred.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ import logging
 import math
 import sys
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +39,8 @@ from moderation import metrics
 from moderation.data import (DEFAULT_TEST_FRACTION, DEFAULT_VALIDATION_FRACTION, Split, balance_classes, check_split,
                              fingerprint, load_labelled, split_by_group)
 from moderation.errors import ModerationError
-from moderation.model import CURVE_FILE, ModelBundle, ModelCard, build_model, save_bundle
+from moderation.model import (CURVE_FILE, ModelBundle, ModelCard, build_model, bundle_fingerprint, compile_model,
+                              load_bundle, save_bundle)
 from moderation.progress import Progress
 from moderation.progress import progress as progress_bar
 from moderation.scoring import Scorer
@@ -56,6 +67,11 @@ class TrainingConfig:
     seed: int = 13
     max_train_rows: int | None = None
     verbose: int = 2
+    #: A model directory to fine-tune (warm start): its vocabulary and network are kept, not rebuilt.
+    init_from: str | None = None
+
+#: How many of the commonest unseen characters a card lists.
+UNSEEN_TOP = 20
 
 
 def version_name(prefix: str = "ko-char-lstm") -> str:
@@ -83,6 +99,9 @@ def _validate_config(config: TrainingConfig) -> None:
          and 0 < config.learning_rate <= 1, "above 0 and at most 1"),
         ("max length", config.max_len, isinstance(config.max_len, int) and config.max_len >= 1, "at least 1"),
         ("patience", config.patience, isinstance(config.patience, int) and config.patience >= 0, "at least 0"),
+        ("init from", config.init_from, config.init_from is None or (isinstance(config.init_from, str)
+                                                                     and bool(config.init_from.strip())),
+         "a model directory"),
         ("max train rows", config.max_train_rows,
          config.max_train_rows is None or (isinstance(config.max_train_rows, int) and config.max_train_rows >= 1),
          "at least 1"),
@@ -101,13 +120,23 @@ def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version:
     """
     _validate_config(config)
     check_split(split)
+    init = load_bundle(config.init_from) if config.init_from else None  # refuses a missing or broken model
     keras.utils.set_random_seed(config.seed)
     train = split.train
     if config.max_train_rows and len(train) > config.max_train_rows:
         train = train.sample(n=config.max_train_rows, random_state=config.seed).reset_index(drop=True)
     train_text = _cleaned(train)
     val_text = _cleaned(split.validation)
-    vocab = CharVocab.build(train_text, min_freq=config.min_char_freq)
+    unseen: dict[str, Any] | None = None
+    if init is None:
+        vocab = CharVocab.build(train_text, min_freq=config.min_char_freq)
+    else:
+        vocab = init.vocab
+        unseen = unseen_characters(train_text, vocab)
+        top = ", ".join(f"{c!r}×{n}" for c, n in unseen["top"][:10])
+        log.warning("warm start from %s: %d of %d training reviews hold characters its vocabulary lacks "
+                    "(%d distinct, read as out-of-vocabulary)%s", init.version, unseen["rows_with_unseen"],
+                    len(train_text), unseen["distinct"], f"; commonest: {top}" if top else "")
     log.info("training on %d reviews (%.1f%% negative), validating on %d; %d characters in vocabulary",
              len(train), 100 * train["label"].mean(), len(split.validation), vocab.size)
 
@@ -115,7 +144,10 @@ def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version:
     val_ids = vocab.encode(val_text, config.max_len)
     y_train = train["label"].to_numpy(np.float32)
     weights = class_weights(y_train)
-    model = build_model(vocab.size, config.embedding_dim, config.learning_rate)
+    if init is None:
+        model = build_model(vocab.size, config.embedding_dim, config.learning_rate)
+    else:
+        model = compile_model(init.model, config.learning_rate)  # loaded uncompiled: give it an optimizer
     train_batches = BucketedBatches(train_ids, y_train, config.batch_size, weights, shuffle=True, seed=config.seed)
     val_batches = BucketedBatches(val_ids, split.validation["label"].to_numpy(np.float32), 2048, None, shuffle=False)
     started = time.perf_counter()
@@ -152,9 +184,13 @@ def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version:
             "rows_validation": int(len(split.validation)),
             "rows_test": int(len(split.test)),
             "split": "by item_id (seeded hash)",
+            **({"unseen_characters": unseen} if unseen is not None else {}),
         },
         training={
             **asdict(config),
+            **({"init_from": {"version": init.version, "fingerprint": bundle_fingerprint(init.path),
+                              "path": str(init.path)},
+                "embedding_dim": int(model.get_layer("embedding").output_dim)} if init is not None else {}),
             "epochs_run": len(losses),
             "seconds": round(seconds, 1),
             "samples_per_second": round(len(train) * len(losses) / max(seconds, 1e-9), 1),
@@ -183,6 +219,20 @@ def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version:
     save_bundle(out_dir, model, vocab, card)
     plot_history(history.history, out_dir / CURVE_FILE, title=version)
     return bundle
+
+
+def unseen_characters(texts: Sequence[str], vocab: CharVocab, top: int = UNSEEN_TOP) -> dict[str, Any]:
+    """Characters of ``texts`` that ``vocab`` lacks (they encode as the OOV id): rows, distinct, commonest."""
+    known = set(vocab.chars)
+    counts: Counter[str] = Counter()
+    rows = 0
+    for text in texts:
+        missing = [c for c in text if c not in known]
+        if missing:
+            rows += 1
+            counts.update(missing)
+    return {"rows_with_unseen": rows, "distinct": len(counts),
+            "top": [[char, int(n)] for char, n in counts.most_common(top)]}
 
 
 def _lr_decay(config: TrainingConfig) -> list[Any]:

@@ -72,6 +72,7 @@ BAD = [
     (["train", "--data", "{t}/ok.csv", "--out", "{t}/existing-model"], "already holds model.keras"),
     (["train", "--data", "{t}/a-directory.csv", "--out", "{t}/m"], "is a directory, not a file"),
     (["train", "--data", "{t}/numbers.csv", "--out", "{t}/m"], "every value of column text is a number"),
+    (["train", "--data", "{t}/ok.csv", "--out", "{t}/m", "--init-from", "{t}/missing"], "model directory not found"),
     (["evaluate", "--data", "{t}/a-directory.csv"], "is a directory, not a file"),
     (["score-file", "{t}/ok.csv", "{t}/o.parquet", "--batch-size", "0"], "--batch-size: must be at least 1"),
     (["score-file", "{t}/ok.csv", "{t}/o.parquet", "--threshold", "1.5"], "--threshold: must be between 0 and 1"),

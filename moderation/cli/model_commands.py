@@ -32,6 +32,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--max-train-rows", type=int_at_least(1), default=None,
                        help="sample the training split (quick runs)")
     train.add_argument("--seed", type=int_at_least(0), default=13)
+    train.add_argument("--init-from", type=Path, default=None, metavar="MODEL_DIR",
+                       help="fine-tune this model directory (warm start): keep its vocabulary and network, "
+                            "train further on --data; characters it has never seen are reported")
     db_option(train)
     progress_option(train)
     train.set_defaults(handler=_train)
@@ -74,17 +77,26 @@ def _model_dir(path: Path | None) -> Path:
 def _train(args: argparse.Namespace) -> int:
     input_file(args.data)
     _check_train_out(args.out, args.replace, args.db)
+    if args.init_from is not None:
+        _model_dir(args.init_from)  # a missing or broken model is refused before the data is read
     _check_training_data(args.data, args.seed)
     from moderation.training import TrainingConfig, train_from_file
 
     show = wanted(args.progress)
     cfg = TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          max_len=args.max_len, patience=args.patience, max_train_rows=args.max_train_rows,
-                         seed=args.seed, verbose=0)
+                         seed=args.seed, verbose=0,
+                         init_from=None if args.init_from is None else str(args.init_from))
     # stdout carries the metrics JSON alone: anything a library prints while training goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         bundle = train_from_file(args.data, args.out, cfg, progress=show)
     print(f"model {bundle.version} written to {args.out} (threshold {bundle.threshold:.4f})", file=sys.stderr)
+    unseen = bundle.card.training_data.get("unseen_characters")
+    if unseen is not None:
+        top = " ".join(f"{char}×{count}" for char, count in unseen["top"][:10])
+        print(f"warm start from {args.init_from}: {unseen['rows_with_unseen']} training reviews hold "
+              f"{unseen['distinct']} characters the vocabulary lacks (read as out-of-vocabulary)"
+              + (f": {top}" if top else ""), file=sys.stderr)
     print(json.dumps(strict_json_value(bundle.card.metrics), indent=2, ensure_ascii=False))
     return 0
 

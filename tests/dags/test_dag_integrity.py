@@ -141,6 +141,36 @@ def test_nightly_params_are_typed_and_bounded(dag_bag: Any, name: str, value: An
             param.resolve(value)
 
 
+def test_retraining_dag_defaults_match_the_retraining_params(dag_bag: Any) -> None:
+    """Every form field has the default of :class:`RetrainingParams` (the DAG cannot import it at parse time)."""
+    from dataclasses import fields
+
+    from moderation.retraining import RetrainingParams
+
+    dag = dag_bag.dags["review_model_retraining"]
+    defaults = RetrainingParams()
+    for name in dag.params:
+        assert name in {f.name for f in fields(RetrainingParams)}, name
+        assert dag.params[name] == getattr(defaults, name), name
+
+
+@pytest.mark.parametrize(("name", "value", "ok"), [
+    ("rating_scale", 5, True), ("rating_scale", 10, True), ("rating_scale", 7, False),
+    ("warm_start", False, True), ("warm_start", "yes", False), ("max_train_rows", None, True),
+    ("max_train_rows", 5_000, True), ("max_train_rows", 10, False), ("max_false_positive_rate", 0.05, True),
+    ("max_false_positive_rate", 1.0, False), ("learning_rate", 0.0, False),
+])
+def test_retraining_params_are_typed_and_bounded(dag_bag: Any, name: str, value: Any, ok: bool) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    param = dag_bag.dags["review_model_retraining"].params.get_param(name)
+    if ok:
+        assert param.resolve(value) == value
+    else:
+        with pytest.raises(ParamValidationError):
+            param.resolve(value)
+
+
 def test_schedule_and_catchup_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, airflow_home: Path) -> None:
     from airflow.dag_processing.dagbag import DagBag
 

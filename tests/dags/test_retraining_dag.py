@@ -1,6 +1,8 @@
-"""The retraining DAG end to end with dag.test(): each promotion policy, a worse
-candidate refused, too few labels ending early, and the nightly run picking up
-the promoted model. Real training (one epoch on a few thousand reviews)."""
+"""The retraining DAG end to end with dag.test(): the default path adapting the
+active model to a shop (warm start, rating labels, thresholds chosen on the
+shop's rows), each promotion policy, a worse candidate refused, too few labels
+ending early, and the nightly run picking up the promoted model. Real training
+(one epoch on a few hundred or thousand reviews)."""
 
 from __future__ import annotations
 
@@ -52,7 +54,32 @@ def retraining_dag(dag_bag: Any) -> Any:
 
 
 # Every run names every varied param: dag.test() keeps an earlier run's conf in the DAG's params.
-QUICK = {"epochs": 1, "batch_size": 128, "min_new_labels": 100, "learning_rate": 0.002, "promotion_policy": "if_better"}
+# These runs train a new network on the movie sample (10-point ratings): no warm start, no 5-point rating labels.
+QUICK = {"epochs": 1, "batch_size": 128, "min_new_labels": 100, "learning_rate": 0.002, "promotion_policy": "if_better",
+         "warm_start": False, "include_rating_labels": False}
+SHOP_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "other_domains_sample.parquet"
+
+
+def prepare_shop(db_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A shop: 800 real shopping and Steam reviews with 5-point stars, the tiny movie model active,
+    and moderator decisions on 150 of them (the rest are labelled by their stars only)."""
+    from moderation import shop_reviews
+    from moderation.importing import import_reviews
+    from moderation.pipeline import register_model
+
+    rows = shop_reviews.load(SHOP_SAMPLE)
+    path = tmp_path / "shop.parquet"
+    rows.to_parquet(path, index=False)
+    engine = db.make_engine(db_url)
+    db.init_schema(engine)
+    import_reviews(engine, path, spread_days=3, now=IMPORTED_AT)
+    register_model(engine, tiny_model_dir, activate=True)
+    decided = rows.sample(n=150, random_state=5)
+    with engine.begin() as conn:
+        conn.execute(db.review_labels.insert(), [
+            {"review_id": int(r.review_id), "label": int(r.label), "source": "moderator",
+             "labelled_at": LABELLED_AT, "labelled_by": "test-moderator"} for r in decided.itertuples()])
+    engine.dispose()
 
 
 @pytest.fixture
@@ -102,6 +129,60 @@ def test_policies_worse_candidate_and_early_end(
     assert bundle_dir.parent == retraining_env
     assert {"model.keras", "vocab.json", "card.json", "training_curve.png"} <= {p.name for p in bundle_dir.iterdir()}
     assert json.loads(versions[active[0]]["metrics"])["test_balanced"]["n"] > 0
+
+
+@pytest.mark.slow
+def test_default_path_fine_tunes_the_active_model_and_chooses_shop_thresholds(
+    sqlite_url: str, tmp_path: Path, tiny_model_dir: Path, retraining_env: Path,
+    dag_bag: Any, dag_runner: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from moderation.model import bundle_fingerprint, read_card
+    from moderation.retraining import RetrainingParams
+
+    prepare_shop(sqlite_url, tmp_path, tiny_model_dir)
+    monkeypatch.setenv("AIRFLOW_CONN_REVIEWS_DB", sqlite_url)
+    dag = retraining_dag(dag_bag)
+    defaults = RetrainingParams()
+    assert defaults.warm_start and defaults.include_rating_labels and defaults.rating_scale == 5
+    assert {k: dag.params[k] for k in ("warm_start", "include_rating_labels", "rating_scale", "learning_rate")} == {
+        "warm_start": True, "include_rating_labels": True, "rating_scale": 5, "learning_rate": defaults.learning_rate}
+
+    state, tasks = dag_runner(dag, datetime(2024, 6, 1, tzinfo=timezone.utc), {"epochs": 1})  # else the defaults
+    assert state == "success", tasks
+    versions = model_rows(sqlite_url)
+    candidate = [v for v in versions if v != "tiny-model"]
+    assert len(candidate) == 1
+    row = versions[candidate[0]]
+    card = read_card(Path(row["path"]))
+    assert card.training["init_from"] == {"version": "tiny-model", "fingerprint": bundle_fingerprint(tiny_model_dir),
+                                          "path": str(tiny_model_dir)}
+    assert card.vocab_size == read_card(tiny_model_dir).vocab_size
+    assert card.training["learning_rate"] == defaults.learning_rate
+    assert card.training_data["include_rating_labels"] and card.training_data["rating_scale"] == 5
+    assert card.training_data["rows_train"] > 300  # rating labels joined the 150 decisions
+    assert card.training_data["unseen_characters"]["rows_with_unseen"] > 0
+    # thresholds chosen on the shop's validation products, written before registration
+    assert card.default_domain == "shop" and "shop" in card.operating_points
+    shop = card.metrics["per_domain"]["shop"]
+    assert shop["validation_rows"] > 0 and shop["test_rows"] > 0
+    assert card.metrics["calibration"]["max_false_positive_rate"] == defaults.max_false_positive_rate
+    assert row["threshold"] == card.threshold
+    assert row["fingerprint"] == bundle_fingerprint(Path(row["path"]))
+
+
+def test_held_out_figures_name_false_flags(tiny_model_dir: Path) -> None:
+    import pandas as pd
+
+    from moderation.model import load_bundle
+    from moderation.retraining import comparison, heldout_figures
+
+    rows = pd.read_parquet(SHOP_SAMPLE)
+    figures = heldout_figures(load_bundle(tiny_model_dir), rows)
+    assert figures["n"] == len(rows) and 0 <= figures["positives_flagged"] <= 1
+    assert figures["threshold"] == load_bundle(tiny_model_dir).threshold
+    side_by_side = comparison({"candidate": figures, "active": None})
+    assert side_by_side["candidate"]["balanced_accuracy"] == figures["balanced_accuracy"]
+    assert side_by_side["active"]["roc_auc"] is None
 
 
 def test_promotion_decision_reasons() -> None:
