@@ -31,9 +31,11 @@ import pandas as pd
 from moderation import metrics
 from moderation.data import Split, fingerprint
 from moderation.errors import ModerationError
-from moderation.model import CURVE_FILE, ModelBundle, ModelCard, bundle_fingerprint, build_model, load_bundle, save_bundle
+from moderation.model import (CURVE_FILE, ModelBundle, ModelCard, bundle_fingerprint, build_model, compile_model,
+                              load_bundle, save_bundle)
 from moderation.text import CLEANING_VERSION, KEPT_PUNCTUATION, clean_texts
-from moderation.vocab import OOV_ID, CharVocab, EncodedTexts
+from moderation.training import unseen_characters
+from moderation.vocab import CharVocab, EncodedTexts
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +180,12 @@ def train_mixture(splits: dict[str, Split], out_dir: Path, version: str, config:
     if init_from is not None:
         base = load_bundle(init_from)
         vocab, model = base.vocab, base.model
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-                      loss="binary_crossentropy", metrics=["accuracy", keras.metrics.AUC(name="auc")])
+        compile_model(model, config.learning_rate)
         init = {"version": base.version, "fingerprint": bundle_fingerprint(init_from)}
     else:
         vocab = CharVocab.build([t for texts, _ in train.values() for t in texts], min_freq=config.min_char_freq)
         model = build_model(vocab.size, config.embedding_dim, config.learning_rate)
-    unseen = _unseen_characters(vocab, [t for texts, _ in train.values() for t in texts])
+    unseen = unseen_characters([t for texts, _ in train.values() for t in texts], vocab)
     validation = {}
     for domain, split in splits.items():
         rows = split.validation
@@ -238,20 +239,6 @@ def train_mixture(splits: dict[str, Split], out_dir: Path, version: str, config:
     save_bundle(out_dir, model, vocab, card)
     plot_domain_history(history.history, out_dir / CURVE_FILE, version)
     return ModelBundle(path=out_dir, model=model, vocab=vocab, card=card)
-
-
-def _unseen_characters(vocab: CharVocab, texts: list[str], top: int = 20) -> dict[str, Any]:
-    """Characters of the training texts that the vocabulary maps to OOV: how many, and the commonest."""
-    counts: dict[str, int] = {}
-    rows = 0
-    for text in texts:
-        missing = [c for c in text if vocab.id_of(c) == OOV_ID]
-        if missing:
-            rows += 1
-            for c in missing:
-                counts[c] = counts.get(c, 0) + 1
-    common = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
-    return {"rows_with_unseen": rows, "distinct": len(counts), "top": [[c, n] for c, n in common]}
 
 
 def plot_domain_history(history: dict[str, list[float]], path: Path, title: str) -> None:
