@@ -8,6 +8,10 @@ Accepted inputs (chosen by extension and columns):
 * NSMC files: ``id<TAB>document<TAB>label`` with label 1 = positive.
 * Naver shopping files: ``rating<TAB>review`` without a header, 1-5 stars.
 
+Splits keep an item's reviews together: the group is ``item_id``, else
+``review_id``, else the row. Ids may be of any type (numbers, texts such as
+``"x0"``); a row with an empty id is a group of its own (:func:`group_keys`).
+
 Labels follow the usual convention: on the 10-point scale 1-4 is negative,
 9-10 positive, 5-8 ambiguous and left out; on the 5-point scale 1-2 is
 negative, 4-5 positive and 3 left out. ``label`` is 1 for NEGATIVE.
