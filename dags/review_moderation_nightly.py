@@ -6,7 +6,7 @@ character-LSTM model and queues the likely-negative ones for moderators.
 
 | task | does | XCom |
 |---|---|---|
-| `plan` | picks the active model, counts the interval's reviews, cuts them into review-id chunks | the plan (model version, path, threshold, chunks, count) |
+| `plan` | picks the active model and its threshold, counts the interval's reviews, cuts them into review-id chunks | the plan (model version, path, threshold, operating point, chunks, count) |
 | `list_chunks` | hands the plan's chunks to the mapped task | the chunk list |
 | `score_chunk` | one mapped task per chunk: loads the model once, writes scores to Parquet under `var/runs/<run_id>/` | file path and counts |
 | `publish` | one transaction: upserts scores on (review, model version), queues new flags, records the run | the run summary |
@@ -19,7 +19,14 @@ keep their decision. An empty interval records a run with zero counts.
 
 * Connection `reviews_db` (e.g. env `AIRFLOW_CONN_REVIEWS_DB=postgresql://user@host/reviews`
   or `sqlite:////path/reviews.db`); without it, `MODERATION_DB_URL`, else the embedded SQLite file.
-* Params: `threshold` (override the model card's decision threshold), `chunk_size`.
+* Params: `threshold` (override the model card's decision threshold with a number) or
+  `operating_point` (a named threshold of the active model's card; not both), `chunk_size`.
+  Operating points: `default` is the card's threshold; `maybe`, `likely` and `very_likely` are the
+  lowest thresholds that reached precision 0.6, 0.8 and 0.9 on the card's default domain's validation
+  rows (at that domain's class mix; the card gives recall and false-positive rate beside each);
+  `steam:likely` names another domain's point. `moderation models list` shows them. The run records in
+  `scoring_runs.operating_point` the name it used (`default` without either Param, NULL with
+  `threshold`). An unknown name, or both Params set, fails `plan` at once, before any scoring.
 * Env: `MODERATION_NIGHTLY_SCHEDULE` (cron, UTC; default midnight, each run scores the
   24 hours before it), `MODERATION_NIGHTLY_CATCHUP` (default false; `airflow backfill create`
   works either way), `MODERATION_SCORING_PARALLELISM` (chunks scored at once, default 2),
@@ -44,15 +51,22 @@ DEFAULT_CHUNK_SIZE = 50_000  # mirrors moderation.pipeline.DEFAULT_CHUNK_SIZE, w
 
 @task
 def plan(params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Choose the model and cut the interval into chunks; small dict for XCom."""
+    """Choose the model, its threshold and operating point, and cut the interval into chunks; small dict for XCom."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     from moderation import airflow_support, pipeline
+    from moderation.errors import OperatingPointError
 
     context = get_current_context()
     start, end = airflow_support.interval_from_context(context)
     params = params or {}
-    run_plan = pipeline.plan_run(airflow_support.reviews_db_url(), context["run_id"], start, end,
-                                 chunk_size=int(params.get("chunk_size") or DEFAULT_CHUNK_SIZE),
-                                 threshold=params.get("threshold"))
+    try:
+        run_plan = pipeline.plan_run(airflow_support.reviews_db_url(), context["run_id"], start, end,
+                                     chunk_size=int(params.get("chunk_size") or DEFAULT_CHUNK_SIZE),
+                                     threshold=params.get("threshold"),
+                                     operating_point=params.get("operating_point") or None)
+    except OperatingPointError as exc:  # a wrong Param: retrying cannot help, fail now with the reason
+        raise AirflowFailException(f"Params threshold/operating_point: {exc}") from None
     return run_plan.to_xcom()
 
 
@@ -99,6 +113,12 @@ def publish(run_plan: dict[str, Any], results: Any = None) -> dict[str, Any]:
     params={
         "threshold": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
                            description="Flag when score >= this; empty uses the active model card's threshold"),
+        "operating_point": Param(None, type=["null", "string"], maxLength=64,
+                                 description="Flag at a named operating point of the active model's card instead: "
+                                             "default (the card's threshold), maybe / likely / very_likely "
+                                             "(precision 0.6 / 0.8 / 0.9 on the default domain's validation "
+                                             "rows) or DOMAIN:NAME such as steam:likely. Leave threshold empty "
+                                             "when you set this."),
         "chunk_size": Param(DEFAULT_CHUNK_SIZE, type="integer", minimum=100, maximum=1_000_000,
                             description="Reviews per mapped scoring task"),
     },

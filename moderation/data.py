@@ -8,6 +8,10 @@ Accepted inputs (chosen by extension and columns):
 * NSMC files: ``id<TAB>document<TAB>label`` with label 1 = positive.
 * Naver shopping files: ``rating<TAB>review`` without a header, 1-5 stars.
 
+Splits keep an item's reviews together: the group is ``item_id``, else
+``review_id``, else the row. Ids may be of any type (numbers, texts such as
+``"x0"``); a row with an empty id is a group of its own (:func:`group_keys`).
+
 Labels follow the usual convention: on the 10-point scale 1-4 is negative,
 9-10 positive, 5-8 ambiguous and left out; on the 5-point scale 1-2 is
 negative, 4-5 positive and 3 left out. ``label`` is 1 for NEGATIVE.
@@ -135,7 +139,8 @@ def load_labelled(path: Path | str, rating_scale: int | None = None) -> pd.DataF
     """Rows with a text and a 0/1 label (1 = negative); ambiguous ratings dropped.
 
     Returns columns ``text``, ``label``, ``group`` (what splits must keep
-    together: the item when known, else the row).
+    together: the item when known, else the review, else the row; see
+    :func:`group_keys` for the values a key may take).
     """
     frame = read_table(path)
     require_text_column(frame, str(path))
@@ -147,13 +152,50 @@ def load_labelled(path: Path | str, rating_scale: int | None = None) -> pd.DataF
     else:
         raise InputDataError(f"{path} has neither a 'label' nor a 'rating' column to learn from")
     if "item_id" in frame.columns:
-        group = frame["item_id"].astype("int64")
+        group = group_keys(frame["item_id"], "item_id", str(path))
     elif "review_id" in frame.columns:
-        group = pd.to_numeric(frame["review_id"], errors="coerce").fillna(-1).astype("int64")
+        group = group_keys(frame["review_id"], "review_id", str(path))
     else:
         group = pd.Series(np.arange(len(frame)), index=frame.index, dtype="int64")
     out = pd.DataFrame({TEXT_COLUMN: frame[TEXT_COLUMN].astype("string"), "label": labels, "group": group})
     return out[out["label"].notna()].reset_index(drop=True).astype({"label": "int8"})
+
+
+#: The key of a row whose group column is empty: never equal to a real key (``group_keys``).
+_NULL_KEY = "\0row:{}"
+
+
+def group_keys(column: pd.Series, name: str, source: str) -> pd.Series:
+    """A group column's values as split keys: kept as given, whatever their type.
+
+    Integers stay int64 (a whole-number float column, such as a CSV column
+    with blanks, becomes one), so an integer id hashes as it always has and a
+    split made before is made again; strings, mixed values or any other
+    hashable value are kept as they are. A row whose key is empty (null, NaN
+    or a blank text, as an empty CSV cell reads) is a group of its own, as
+    every row of a file without the column is. A value that cannot be a key
+    (a list, say) is an :class:`InputDataError` naming the column.
+    """
+    missing = column.isna().to_numpy(dtype=bool, copy=True)
+    if pd.api.types.is_string_dtype(column.dtype):  # text or mixed values: a blank text is empty too
+        missing |= column.map(lambda v: isinstance(v, str) and not v.strip()).to_numpy(bool)
+    present = column[~missing]
+    whole = pd.api.types.is_float_dtype(present.dtype) and bool((present % 1 == 0).all())
+    if whole or (pd.api.types.is_integer_dtype(present.dtype) and not pd.api.types.is_bool_dtype(present.dtype)):
+        present = present.astype("int64")
+    else:
+        present = present.astype(object)
+    try:
+        pd.unique(present)
+    except TypeError:
+        kinds = sorted({type(v).__name__ for v in present if not isinstance(v, (str, int, float))})
+        raise InputDataError(f"{source}: column {name} holds values that cannot identify a group "
+                             f"({', '.join(kinds) or present.dtype}): give each row a string or number id") from None
+    if not missing.any():
+        return present
+    keys = pd.Series([_NULL_KEY.format(i) for i in range(len(column))], index=column.index, dtype=object)
+    keys[~missing] = present.astype(object).to_numpy()
+    return keys
 
 
 def _guess_scale(ratings: pd.Series) -> int:
@@ -175,8 +217,9 @@ def split_by_group(frame: pd.DataFrame, validation: float = 0.1, test: float = 0
     same on every machine and does not shift when rows are added.
     """
     groups = frame["group"].to_numpy()
-    unit = np.array([zlib.crc32(f"{seed}:{g}".encode()) for g in np.unique(groups)], dtype=np.float64) / 2**32
-    position = pd.Series(unit, index=np.unique(groups)).reindex(groups).to_numpy()
+    keys = pd.unique(frame["group"])  # any hashable key; the side depends on its text alone
+    unit = np.array([zlib.crc32(f"{seed}:{g}".encode()) for g in keys], dtype=np.float64) / 2**32
+    position = pd.Series(unit, index=keys).reindex(groups).to_numpy()
     is_test = position < test
     is_validation = (position >= test) & (position < test + validation)
     is_train = ~is_test & ~is_validation

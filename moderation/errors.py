@@ -16,6 +16,10 @@ class ModelBundleError(ModerationError):
     """A model directory is missing a part, or its parts disagree."""
 
 
+class OperatingPointError(ModelBundleError):
+    """A named operating point the model's card lacks, or a threshold and a point given together."""
+
+
 class DatabaseError(ModerationError):
     """The reviews database is unreachable or not in the expected shape."""
 

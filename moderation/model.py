@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moderation.errors import ModelBundleError
+from moderation.errors import ModelBundleError, OperatingPointError
 from moderation.text import CLEANING_VERSION
 from moderation.vocab import CharVocab
 
@@ -96,13 +96,14 @@ class ModelCard:
         domain = domain or self.default_domain or ""
         found = self.operating_points.get(domain, {}).get(point)
         if found is None:
-            known = ["default"] + [
-                (p if d == self.default_domain else f"{d}:{p}") for d, named in self.operating_points.items()
-                for p in named
-            ]
-            raise ModelBundleError(f"model {self.version} has no operating point {name!r} "
-                                   f"(it has: {', '.join(known)})")
+            raise OperatingPointError(f"model {self.version} has no operating point {name!r} "
+                                      f"(it has: {', '.join(self.operating_point_names())})")
         return float(found["threshold"])
+
+    def operating_point_names(self) -> list[str]:
+        """Every name :meth:`operating_threshold` accepts: ``default``, the default domain's points, ``domain:point``."""
+        return ["default"] + [(p if d == self.default_domain else f"{d}:{p}")
+                              for d, named in self.operating_points.items() for p in named]
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> ModelCard:
@@ -119,6 +120,39 @@ class ModelCard:
     def to_json(self) -> str:
         """Strict JSON: a metric that came out NaN is written as null, never as a bare NaN."""
         return json.dumps(strict_json_value(asdict(self)), ensure_ascii=False, indent=2, allow_nan=False)
+
+
+#: Longest operating point name a run can record (``scoring_runs.operating_point``).
+MAX_OPERATING_POINT_NAME = 64
+
+
+def check_one_threshold_choice(threshold: float | None, operating_point: str | None) -> None:
+    """Refuse a threshold and an operating point given together: each sets the threshold."""
+    if threshold is not None and operating_point is not None:
+        raise OperatingPointError(f"threshold {threshold!r} and operating point {operating_point!r} were both "
+                                  f"given: give one (a named point sets its own threshold)")
+
+
+def choose_threshold(card: ModelCard, threshold: float | None = None,
+                     operating_point: str | None = None) -> tuple[float, str | None]:
+    """The threshold to flag with, and the operating point it is: a run records the second.
+
+    A named point gives its threshold and its name (``default`` is the card's
+    threshold); a raw ``threshold`` gives itself and None; neither gives the
+    card's threshold as ``default``. Both at once, or a name the card lacks,
+    is an :class:`OperatingPointError`.
+    """
+    check_one_threshold_choice(threshold, operating_point)
+    if threshold is not None:
+        return check_threshold(threshold, "threshold override"), None
+    if operating_point is None:
+        return card.threshold, "default"
+    name = operating_point.strip()
+    if not name or len(name) > MAX_OPERATING_POINT_NAME:
+        raise OperatingPointError(f"operating point must be a name of 1-{MAX_OPERATING_POINT_NAME} characters, "
+                                  f"not {operating_point!r} (model {card.version} has: "
+                                  f"{', '.join(card.operating_point_names())})")
+    return check_threshold(card.operating_threshold(name), f"operating point {name}"), name
 
 
 def validate_card(payload: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, Table, case, func, inspect, literal, or_, select
 
 from moderation import db
-from moderation.errors import DatabaseError, DecisionError, InputDataError, ModelBundleError
+from moderation.errors import DatabaseError, DecisionError, InputDataError, ModelBundleError, ModerationError
 
 log = logging.getLogger(__name__)
 
@@ -690,12 +690,26 @@ def model_files_state(path: str, registered: str | None) -> str:
 def _model_row(row: Any) -> dict[str, Any]:
     balanced = _metrics(row["metrics"]).get("test_balanced")
     balanced = balanced if isinstance(balanced, dict) else {}
+    files = model_files_state(row["path"], row["fingerprint"])
+    default_domain, points = _operating_points(row["path"]) if files == "ok" else (None, {})
     return {"version": row["version"], "path": row["path"], "active": bool(row["is_active"]),
-            "files": model_files_state(row["path"], row["fingerprint"]),
+            "files": files,
             "threshold": float(row["threshold"]), "created": utc(row["created_at"]),
             "registered": utc(row["registered_at"]),
             "balanced_accuracy": _finite(balanced.get("balanced_accuracy")),
-            "roc_auc": _finite(balanced.get("roc_auc"))}
+            "roc_auc": _finite(balanced.get("roc_auc")),
+            "default_domain": default_domain, "operating_points": points}
+
+
+def _operating_points(path: str) -> tuple[str | None, dict[str, dict[str, dict[str, Any]]]]:
+    """The card's default domain and named points per domain (the card alone is read); none when unreadable."""
+    from moderation.model import read_card
+
+    try:
+        card = read_card(Path(path))
+    except ModerationError:
+        return None, {}
+    return card.default_domain, card.operating_points
 
 
 def _metrics(payload: str | None) -> dict[str, Any]:

@@ -61,7 +61,8 @@ from sqlalchemy import (
 
 from moderation import config, db, migrations
 from moderation.errors import DatabaseError, InputDataError, ModelBundleError
-from moderation.model import bundle_fingerprint, check_threshold, verify_bundle
+from moderation.model import (bundle_fingerprint, check_one_threshold_choice, check_threshold, choose_threshold,
+                              verify_bundle)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class ModelChoice:
     version: str
     path: str
     threshold: float
+    #: The card's named point the threshold is (``default``: the card's own); None: a raw threshold override.
+    operating_point: str | None = None
 
 
 @dataclass
@@ -113,18 +116,27 @@ def run_dir(run_id: str, base: Path | None = None) -> Path:
     return (base or config.data_dir() / "runs") / safe
 
 
-def active_model(engine: Engine, threshold: float | None = None) -> ModelChoice:
-    """The active row of ``model_versions``, else the shipped model (registered then)."""
+def active_model(engine: Engine, threshold: float | None = None, operating_point: str | None = None) -> ModelChoice:
+    """The active row of ``model_versions``, else the shipped model (registered then), and the threshold to use.
+
+    ``operating_point`` names a point of the active model's card (``likely``,
+    ``steam:likely``, ``default``); ``threshold`` overrides the card with a
+    number; at most one of them. Only the card is read (no TensorFlow).
+    """
     if threshold is not None:
         check_threshold(threshold, "threshold override")
+    check_one_threshold_choice(threshold, operating_point)
     m = db.model_versions.c
     with db.translate_errors(engine), engine.connect() as conn:
         row = conn.execute(select(m.version, m.path, m.threshold, m.fingerprint).where(m.is_active.is_(True))).first()
     if row is None:
         card = register_model(engine, config.default_model_dir(), activate=True)
         row = (card.version, str(config.default_model_dir()), card.threshold, None)
-    verify_registered(engine, row[0], Path(row[1]), row[3])  # fail before any work if the model is broken or swapped
-    return ModelChoice(version=row[0], path=row[1], threshold=float(threshold if threshold is not None else row[2]))
+    card = verify_registered(engine, row[0], Path(row[1]), row[3])  # fail before any work if broken or swapped
+    chosen, point = choose_threshold(card, threshold, operating_point)
+    if point == "default":
+        chosen = float(row[2])  # the registered threshold: the card's, as the fingerprint guarantees
+    return ModelChoice(version=row[0], path=row[1], threshold=float(chosen), operating_point=point)
 
 
 def verify_registered(engine: Engine, version: str, directory: Path, registered: str | None) -> Any:
@@ -223,14 +235,16 @@ def as_utc(moment: datetime) -> datetime:
 
 def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
              chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
-             max_reviews: int = MAX_REVIEWS_PER_RUN) -> RunPlan:
+             max_reviews: int = MAX_REVIEWS_PER_RUN, operating_point: str | None = None) -> RunPlan:
     """Choose the model and cut the reviews needing a score into review-id chunks of ~``chunk_size`` rows.
 
     ``[start, end)`` labels the run; the work is every review lacking a score
     for the active model and its current text, the first ``max_reviews`` of
-    them by review id when there are more.
+    them by review id when there are more. ``threshold`` or ``operating_point``
+    (not both) choose the threshold, as in :func:`active_model`.
     """
     start, end = as_utc(start), as_utc(end)
+    check_one_threshold_choice(threshold, operating_point)
     if end <= start:
         raise ValueError(f"interval end {end} is not after its start {start}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -239,7 +253,7 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
     migrations.require_head(engine)  # never score into a schema the code does not know
     with db.translate_errors(engine), engine.connect() as conn:
         _check_run_id(conn, run_id, start, end)
-    model = active_model(engine, threshold)
+    model = active_model(engine, threshold, operating_point)
     needed = needs_score(model.version)
     numbered = (
         select(db.reviews.c.review_id, func.row_number().over(order_by=db.reviews.c.review_id).label("n"))
@@ -268,8 +282,9 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
                        "interval_start": start.isoformat(), "interval_end": end.isoformat(), "run_id": run_id,
                        "model_version": model.version})
     log.info("run %s [%s, %s): %d reviews need a score (%d ingested in the interval, %d before or after it), "
-             "%d chunks, model %s (threshold %.4f)", run_id, start, end, total, in_interval,
-             total - min(int(in_interval), total), len(chunks), model.version, model.threshold)
+             "%d chunks, model %s (threshold %.4f, operating point %s)", run_id, start, end, total, in_interval,
+             total - min(int(in_interval), total), len(chunks), model.version, model.threshold,
+             model.operating_point or "none: a threshold override")
     return RunPlan(run_id=run_id, interval_start=start.isoformat(), interval_end=end.isoformat(),
                    model=model, chunks=chunks, reviews=total)
 
@@ -371,7 +386,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
             conn.execute(db.scoring_runs.insert().values(
                 run_id=plan.run_id, interval_start=datetime.fromisoformat(plan.interval_start),
                 interval_end=datetime.fromisoformat(plan.interval_end), model_version=model.version,
-                threshold=model.threshold, reviews_read=read, reviews_scored=scored,
+                threshold=model.threshold, operating_point=model.operating_point, reviews_read=read, reviews_scored=scored,
                 reviews_skipped=sum(skipped.values()), reviews_flagged=flagged,
                 skip_reasons=json.dumps(dict(skipped), sort_keys=True), started_at=now,
                 finished_at=datetime.now(timezone.utc), status="success",
@@ -382,7 +397,8 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
         _remove_chunk_files(chunk_results)
     summary = {
         "run_id": plan.run_id, "interval_start": plan.interval_start, "interval_end": plan.interval_end,
-        "model_version": model.version, "threshold": model.threshold, "reviews_read": read,
+        "model_version": model.version, "threshold": model.threshold, "operating_point": model.operating_point,
+        "reviews_read": read,
         "reviews_scored": scored, "reviews_skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
         "reviews_flagged": flagged, "newly_queued": moves["queued"] + moves["re-opened"],
         "queue_changes": moves, "flag_rate": round(rate, 5),
@@ -683,13 +699,15 @@ def _recent_flag_rates(conn: Any, exclude_run: str) -> list[float]:
 
 def run_nightly(db_url: str | None, start: datetime, end: datetime, run_id: str | None = None,
                 chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
-                work_dir: Path | None = None, max_reviews: int = MAX_REVIEWS_PER_RUN) -> dict[str, Any]:
+                work_dir: Path | None = None, max_reviews: int = MAX_REVIEWS_PER_RUN,
+                operating_point: str | None = None) -> dict[str, Any]:
     """The whole nightly job without Airflow: plan, score every chunk, publish (chunk files removed after)."""
     from moderation.scoring import load_scorer
 
     start, end = as_utc(start), as_utc(end)  # one interval, one label, whatever zone it was given in
     run_id = run_id or f"cli__{start.isoformat()}__{end.isoformat()}"
-    plan = plan_run(db_url, run_id, start, end, chunk_size, threshold, max_reviews=max_reviews)
+    plan = plan_run(db_url, run_id, start, end, chunk_size, threshold, max_reviews=max_reviews,
+                    operating_point=operating_point)
     out_dir = work_dir or run_dir(run_id)
     results = []
     if plan.chunks:

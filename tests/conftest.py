@@ -100,3 +100,40 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = TrainingConfig(epochs=1, batch_size=128, max_len=120, patience=1, verbose=0)
     train_from_file(SAMPLE_PATH, out, config, version="tiny-model")
     return out
+
+
+#: The named points of ``pointed_model_dir``'s card: its default domain's, and another domain's.
+POINTS = {
+    "shopping": {"maybe": {"threshold": 0.31, "target_precision": 0.6, "precision": 0.62, "recall": 0.9,
+                           "false_positive_rate": 0.2},
+                 "likely": {"threshold": 0.61, "target_precision": 0.8, "precision": 0.81, "recall": 0.7,
+                            "false_positive_rate": 0.06},
+                 "very_likely": {"threshold": 0.93, "target_precision": 0.9, "precision": 0.92, "recall": 0.3,
+                                 "false_positive_rate": 0.01}},
+    "steam": {"likely": {"threshold": 0.72, "target_precision": 0.8, "precision": 0.8, "recall": 0.5,
+                         "false_positive_rate": 0.05}},
+}
+
+
+@pytest.fixture(scope="session")
+def card_points() -> dict[str, dict[str, dict[str, float]]]:
+    """:data:`POINTS`, for tests (test modules cannot import this conftest)."""
+    return POINTS
+
+
+@pytest.fixture(scope="session")
+def pointed_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as ``tiny-model-points``, its card given :data:`POINTS` (default domain shopping)."""
+    import shutil
+
+    from moderation.calibration import write_card
+    from moderation.model import read_card
+
+    out = tmp_path_factory.mktemp("models") / "tiny-model-points"
+    shutil.copytree(tiny_model_dir, out)
+    card = read_card(out)
+    card.version = "tiny-model-points"
+    card.operating_points = POINTS
+    card.default_domain = "shopping"
+    write_card(out, card)
+    return out

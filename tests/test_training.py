@@ -29,3 +29,23 @@ def test_class_weights_balance_the_loss() -> None:
     labels = np.array([1] + [0] * 3, dtype=float)
     weights = class_weights(labels)
     assert weights[1] * 1 == pytest.approx(weights[0] * 3)
+
+
+@pytest.mark.slow
+def test_train_command_accepts_string_item_ids(sample_path: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import pandas as pd
+
+    from moderation.cli import main
+
+    raw = pd.read_parquet(sample_path)
+    raw["item_id"] = "x" + raw["item_id"].astype(str)  # once: ValueError: invalid literal for int()
+    data = tmp_path / "reviews.parquet"
+    raw.to_parquet(data)
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "strings"), "--epochs", "1",
+                 "--max-train-rows", "400", "--batch-size", "128",
+                 "--db", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert code == 0, capsys.readouterr().err
+    assert "test_balanced" in json.loads(capsys.readouterr().out)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from moderation.cli.options import db_option, input_file, int_at_least, parse_time, progress_option, threshold
+from moderation.cli.options import db_option, input_file, int_at_least, parse_time, progress_option, threshold_choice
 from moderation.errors import InputDataError
 
 #: Rejected lines ``reviews import`` names; the count covers them all.
@@ -45,13 +45,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     progress_option(load)
     load.set_defaults(handler=_reviews_import)
 
-    score = commands.add_parser("score", help="score the reviews ingested in [start, end) and publish flags")
+    score = commands.add_parser("score", help="score the reviews ingested in [start, end) and publish flags",
+                                description="The nightly job without Airflow. The run records in scoring_runs "
+                                            "the operating point its threshold came from: the --operating-point "
+                                            "given, default (the card's threshold), or none for --threshold.")
     db_option(score)
     score.add_argument("--start", required=True, type=parse_time, help="interval start, ISO date or time (UTC)")
     score.add_argument("--end", required=True, type=parse_time, help="interval end, exclusive")
     score.add_argument("--chunk-size", type=int_at_least(1), default=50_000, help="reviews per scoring chunk")
-    score.add_argument("--threshold", type=threshold, default=None,
-                       help="override the active model's threshold (between 0 and 1)")
+    threshold_choice(score, "override the active model's threshold (between 0 and 1); the run records no "
+                            "operating point")
     score.add_argument("--run-id", type=run_id, default=None,
                        help="name of the run record (default: from the interval); one run id, one interval")
     score.set_defaults(handler=_score)
@@ -133,6 +136,6 @@ def _score(args: argparse.Namespace) -> int:
     if args.end <= args.start:
         raise InputDataError(f"--end {args.end.isoformat()} must be after --start {args.start.isoformat()}")
     summary = run_nightly(args.db, args.start, args.end, run_id=args.run_id, chunk_size=args.chunk_size,
-                          threshold=args.threshold)
+                          threshold=args.threshold, operating_point=args.operating_point)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from moderation import config
 from moderation.cli.options import (db_option, input_file, int_at_least, output_file, positive_float,
-                                    progress_option, threshold)
+                                    progress_option, threshold_choice)
 from moderation.errors import InputDataError, ModelBundleError
 from moderation.model import strict_json_value
 from moderation.progress import progress, wanted
@@ -52,8 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
     score.add_argument("--batch-size", type=int_at_least(1), default=None,
                        help="rows per batch (default: 1024 on CPU, 8192 on a GPU; see MODERATION_SCORING_BATCH_ROWS)")
-    score.add_argument("--threshold", type=threshold, default=None,
-                       help="override the card's decision threshold (between 0 and 1)")
+    threshold_choice(score, "override the card's decision threshold (between 0 and 1)")
     score.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     progress_option(score)
     score.set_defaults(handler=_score_file)
@@ -62,6 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("texts", nargs="+")
     predict.add_argument("--model", type=Path, default=None)
     predict.add_argument("--trace", action="store_true", help="also show the score over growing word prefixes")
+    threshold_choice(predict, "call a review NEGATIVE at this score instead of the card's threshold")
     predict.set_defaults(handler=_predict)
 
 
@@ -72,6 +72,19 @@ def _model_dir(path: Path | None) -> Path:
     directory = path if path is not None else config.default_model_dir()
     verify_bundle(directory)
     return directory
+
+
+def _chosen_threshold(directory: Path, args: argparse.Namespace) -> tuple[float | None, str | None]:
+    """``--threshold`` as given, or ``--operating-point`` looked up on the (verified) card; None: the card's."""
+    if args.operating_point is None:
+        return args.threshold, None
+    from moderation.model import choose_threshold, read_card
+
+    return choose_threshold(read_card(directory), operating_point=args.operating_point)
+
+
+def _threshold_note(threshold: float, point: str | None) -> str:
+    return f"threshold {threshold:.4f}" + (f", operating point {point}" if point else "")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -186,9 +199,10 @@ def _score_file(args: argparse.Namespace) -> int:
         raise InputDataError(f"output must end in .parquet or .csv, not {args.output.name}")
     output_file(args.output, args.force)
     model_dir = _model_dir(args.model)
+    chosen, point = _chosen_threshold(model_dir, args)  # an unknown point is refused before the file is read
     frame = read_table(args.input)
     require_text_column(frame, str(args.input))
-    scorer = load_scorer(model_dir, batch_size=args.batch_size, threshold=args.threshold)
+    scorer = load_scorer(model_dir, batch_size=args.batch_size, threshold=chosen)
     with progress("scoring", len(frame), enabled=wanted(args.progress)) as done:
         result = scorer.score_texts(frame[TEXT_COLUMN], done)
     out = frame.reset_index(drop=True).join(result.to_frame())
@@ -199,7 +213,7 @@ def _score_file(args: argparse.Namespace) -> int:
         out.to_csv(args.output, index=False)
     skipped = out["skip_reason"].value_counts().to_dict()
     print(f"scored {int(out['score'].notna().sum())} of {len(out)} reviews with {scorer.bundle.version}, "
-          f"flagged {int(out['flagged'].sum())} (threshold {scorer.threshold:.4f}), "
+          f"flagged {int(out['flagged'].sum())} ({_threshold_note(scorer.threshold, point)}), "
           f"skipped {sum(skipped.values())}{' ' + json.dumps(skipped, ensure_ascii=False) if skipped else ''} -> {args.output}")
     return 0
 
@@ -209,7 +223,11 @@ def _predict(args: argparse.Namespace) -> int:
 
     if sys.stderr.isatty():  # loading TensorFlow and the model takes a while: say so
         print("loading the model ...", file=sys.stderr, flush=True)
-    scorer = load_scorer(_model_dir(args.model))
+    model_dir = _model_dir(args.model)
+    chosen, point = _chosen_threshold(model_dir, args)
+    scorer = load_scorer(model_dir, threshold=chosen)
+    if chosen is not None:  # not the card's own threshold: say which one NEGATIVE means
+        print(f"model {scorer.bundle.version}: {_threshold_note(scorer.threshold, point)}", file=sys.stderr)
     result = scorer.score_texts(args.texts)
     for text, score, reason in zip(args.texts, result.score, result.skip_reason):
         if reason is not None and not (isinstance(reason, float) and math.isnan(reason)):

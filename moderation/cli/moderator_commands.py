@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -292,7 +293,8 @@ def _models_register(args: argparse.Namespace) -> int:
             require_tables(conn, db.model_versions)
         card = register_model(engine, args.directory, activate=args.activate)
     state = "active" if args.activate else "not active"
-    print(f"registered model {card.version} (threshold {card.threshold:.4f}, {state}) from {args.directory}")
+    points = f"; operating points {', '.join(card.operating_point_names())}" if card.operating_points else ""
+    print(f"registered model {card.version} (threshold {card.threshold:.4f}, {state}{points}) from {args.directory}")
     return 0
 
 
@@ -398,7 +400,35 @@ def models_table(models: list[dict[str, Any]]) -> str:
         notes.append("missing: the model directory or one of its files is gone; it cannot be activated")
     if any(m["files"] == "changed" for m in models):
         notes.append("changed: the files differ from the registered ones; it cannot be scored with")
-    return render_table(headers, cells, right={2, 4, 5}) + "\n" + "\n".join(notes)
+    return "\n".join([render_table(headers, cells, right={2, 4, 5}), *notes, *operating_point_lines(models)])
+
+
+def operating_point_lines(models: list[dict[str, Any]]) -> list[str]:
+    """Each model's named operating points per domain, with what they reached on that domain's validation rows."""
+    lines: list[str] = []
+    for m in models:
+        points = m.get("operating_points") or {}
+        if not points:
+            continue
+        lines.append(f"operating points of {m['version']} (--operating-point NAME; precision, recall and "
+                     f"false-positive rate on the domain's validation rows):")
+        rows = []
+        for domain, named in points.items():
+            for name, point in named.items():
+                label = name if domain == m.get("default_domain") else f"{domain}:{name}"
+                rows.append([f"  {label}", domain + (" (default)" if domain == m.get("default_domain") else ""),
+                             _number(_finite_or_none(point.get("threshold"))),
+                             _number(_finite_or_none(point.get("precision"))),
+                             _number(_finite_or_none(point.get("recall"))),
+                             _number(_finite_or_none(point.get("false_positive_rate")))])
+        lines.append(render_table(["  name", "domain", "threshold", "precision", "recall", "fpr"], rows,
+                                  right={2, 3, 4, 5}))
+    return lines
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
 
 
 def _percent(value: float | None) -> str:

@@ -73,6 +73,31 @@ def threshold(value: str) -> float:
     return number
 
 
+#: Longest operating point name (the width of ``scoring_runs.operating_point``).
+MAX_POINT_NAME = 64
+OPERATING_POINT_HELP = ("flag at a named operating point of the model card instead: default (the card's "
+                        "threshold), maybe, likely or very_likely (precision 0.6, 0.8, 0.9 on the default "
+                        "domain's validation rows), or DOMAIN:NAME for another domain, e.g. steam:likely; "
+                        "`moderation models list` shows a card's points")
+
+
+def operating_point(value: str) -> str:
+    """A point name as the card spells it: ``likely``, ``steam:likely``, ``default``."""
+    name = value.strip()
+    if not name or len(name) > MAX_POINT_NAME or not name.isprintable():
+        raise argparse.ArgumentTypeError(f"must be a point name of 1-{MAX_POINT_NAME} characters, such as likely "
+                                         f"or steam:likely, not {value!r}")
+    return name
+
+
+def threshold_choice(parser: argparse.ArgumentParser, threshold_help: str) -> None:
+    """``--threshold`` or ``--operating-point``, never both: each sets the threshold."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=threshold, default=None, help=threshold_help)
+    group.add_argument("--operating-point", type=operating_point, default=None, metavar="NAME",
+                       help=OPERATING_POINT_HELP)
+
+
 def score(value: str) -> float:
     """A score bound in [0, 1]."""
     number = _finite(value)

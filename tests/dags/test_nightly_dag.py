@@ -212,3 +212,36 @@ def test_cli_score_gives_the_same_tables_as_the_dag(
     [dag_run] = rows(sqlite_url, db.scoring_runs)
     assert summary["reviews_read"] == dag_run["reviews_read"]
     assert summary["reviews_flagged"] == dag_run["reviews_flagged"]
+
+
+def test_operating_point_param_is_recorded_and_a_wrong_one_fails_plan(
+    sqlite_url: str, nightly_dag: Any, dag_runner: Any, reviews_connection: Any, pointed_model_dir: Path,
+) -> None:
+    from moderation import pipeline
+
+    engine = db.make_engine(sqlite_url)
+    db.init_schema(engine)  # no reviews: each night has nothing to score, so no model loads
+    pipeline.register_model(engine, pointed_model_dir, activate=True)
+    engine.dispose()
+    reviews_connection(sqlite_url)
+    for task in nightly_dag.tasks:
+        task.retries = 0
+    night = LOGICAL_DATE + timedelta(days=30)
+
+    state, tasks = dag_runner(nightly_dag, night, {"operating_point": "steam:likely"})
+
+    assert state == "success", tasks
+    [run] = rows(sqlite_url, db.scoring_runs)
+    assert (run["operating_point"], run["threshold"]) == ("steam:likely", pytest.approx(0.72))
+
+    for conf in ({"operating_point": "movie:likely"}, {"operating_point": "likely", "threshold": 0.5}):
+        night += timedelta(days=1)
+        state, tasks = dag_runner(nightly_dag, night, conf)
+        assert state == "failed"
+        assert tasks["plan"] == "failed" and tasks["publish"] == "upstream_failed", tasks
+    assert len(rows(sqlite_url, db.scoring_runs)) == 1  # the failed nights recorded nothing
+
+    night += timedelta(days=1)
+    state, tasks = dag_runner(nightly_dag, night, {"threshold": None, "operating_point": None})  # dag.test keeps conf
+    assert state == "success", tasks
+    assert [r["operating_point"] for r in rows(sqlite_url, db.scoring_runs)] == ["steam:likely", "default"]
