@@ -34,7 +34,7 @@ from moderation.errors import ModerationError
 from moderation.model import (CURVE_FILE, ModelBundle, ModelCard, bundle_fingerprint, build_model, compile_model,
                               load_bundle, save_bundle)
 from moderation.text import CLEANING_VERSION, KEPT_PUNCTUATION, clean_texts
-from moderation.training import unseen_characters
+from moderation.training import unseen_characters, vary_first_widths
 from moderation.vocab import CharVocab, EncodedTexts
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class MixtureBatches(keras.utils.PyDataset):
         size = self.config.batch_size
         self.batches = [order[i:i + size] for i in range(0, len(order), size)]
         self.rng.shuffle(self.batches)
+        vary_first_widths(self.batches, self.encoded.lengths)
 
     def __len__(self) -> int:
         return len(self.batches)
