@@ -62,7 +62,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/moderation/dags \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
     MODERATION_SQL_DIR=/opt/moderation/sql \
-    MODERATION_MODEL_DIR=/opt/moderation/models/ko-char-lstm-v1 \
+    MODERATION_MODEL_DIR=/opt/moderation/models/ko-char-lstm-v2 \
     MODERATION_HOME=/opt/moderation/var \
     MODERATION_MODELS_DIR=/opt/moderation/var/models
 

@@ -4,7 +4,8 @@ A score means the same to every shop, but the threshold that makes a useful
 queue does not: the shares of good reviews flagged differ between movie,
 game-store and shopping text. So a card keeps, per domain, named operating
 points chosen on validation rows (see :func:`moderation.metrics.operating_points`)
-and one default threshold chosen on the default domain's validation rows;
+and one default threshold chosen on the default domain's validation rows
+(the most recall within a budget of good reviews flagged);
 test rows, never used for a choice, give the figures.
 
 Needs a scorer, not training: importing this module loads no TensorFlow.
@@ -43,9 +44,9 @@ def calibrate(bundle: ModelBundle, validation: Mapping[str, pd.DataFrame], test:
     """Set the card's operating points, default threshold and per-domain test figures.
 
     ``validation`` and ``test`` map a domain name to labelled rows (``text``,
-    ``label``, 1 = negative). The default threshold is the one of best balanced
-    accuracy on ``default_domain``'s validation rows among those flagging at
-    most ``max_false_positive_rate`` of its positive rows. Test figures are
+    ``label``, 1 = negative). The default threshold is the lowest that flags
+    at most ``max_false_positive_rate`` of ``default_domain``'s positive
+    validation rows: the most recall that false-flag budget allows. Test figures are
     given at that threshold and, for comparison, at the domain's own best one.
     The card is changed in place and returned; :func:`write_card` saves it.
     """
@@ -86,9 +87,8 @@ def calibrate(bundle: ModelBundle, validation: Mapping[str, pd.DataFrame], test:
     card.metrics = {**card.metrics, "per_domain": per_domain,
                     "calibration": {"default_domain": default_domain,
                                     "max_false_positive_rate": max_false_positive_rate,
-                                    "rule": "best balanced accuracy on the default domain's validation rows "
-                                            "among thresholds flagging at most max_false_positive_rate of "
-                                            "its positives"}}
+                                    "rule": "lowest threshold flagging at most max_false_positive_rate of "
+                                            "the default domain's positive validation rows"}}
     log.info("calibrated %s: default threshold %.4f on %s; operating points for %s", card.version, threshold,
              default_domain, ", ".join(sorted(card.operating_points)))
     return card

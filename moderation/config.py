@@ -12,7 +12,7 @@ from pathlib import Path
 #: The repository root when the package runs from a checkout or the image.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULT_MODEL_NAME = "ko-char-lstm-v1"
+DEFAULT_MODEL_NAME = "ko-char-lstm-v2"
 
 
 def models_dir() -> Path:

@@ -316,6 +316,7 @@ class BucketedBatches(keras.utils.PyDataset):
         self.batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
         if self.shuffle:
             self.rng.shuffle(self.batches)
+        vary_first_widths(self.batches, self.encoded.lengths)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -330,6 +331,24 @@ class BucketedBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         if self.shuffle:
             self._make_batches()
+
+
+def vary_first_widths(batches: list[np.ndarray], lengths: np.ndarray) -> None:
+    """Put batches of two different padded widths first, when there are any (in place).
+
+    Keras fixes a dataset's shapes from its first two batches: if both have
+    the same width (say, both at the maximum length), every later, narrower
+    batch is refused. Seeing two widths first keeps the width dimension free.
+    """
+    if len(batches) < 3:
+        return
+    first = int(lengths[batches[0]].max(initial=0))
+    if int(lengths[batches[1]].max(initial=0)) != first:
+        return
+    for index in range(2, len(batches)):
+        if int(lengths[batches[index]].max(initial=0)) != first:
+            batches[1], batches[index] = batches[index], batches[1]
+            return
 
 
 def plot_history(history: dict[str, list[float]], path: Path, title: str) -> None:

@@ -49,3 +49,27 @@ def test_train_command_accepts_string_item_ids(sample_path: Path, tmp_path: Path
                  "--db", f"sqlite:///{tmp_path / 'none.db'}"])
     assert code == 0, capsys.readouterr().err
     assert "test_balanced" in json.loads(capsys.readouterr().out)
+
+
+def test_training_with_most_reviews_at_the_length_cap(sample_path: Path, tmp_path: Path) -> None:
+    """Most reviews are longer than 20 characters, so most batches are exactly 20 wide: Keras must not
+    take the first two batches' width for every batch's."""
+    from moderation.training import TrainingConfig, train_from_file
+
+    config = TrainingConfig(epochs=1, batch_size=128, max_len=20, patience=1, verbose=0, max_train_rows=1500)
+    bundle = train_from_file(sample_path, tmp_path / "capped", config, version="capped")
+    assert bundle.card.max_len == 20 and bundle.card.training["epochs_run"] == 1
+
+
+def test_first_two_batches_differ_in_width_when_any_do() -> None:
+    import numpy as np
+
+    from moderation.training import vary_first_widths
+
+    lengths = np.array([20, 20, 20, 20, 20, 20, 7, 3])
+    batches = [np.array([0, 1]), np.array([2, 3]), np.array([4, 5]), np.array([6, 7])]
+    vary_first_widths(batches, lengths)
+    assert lengths[batches[0]].max() != lengths[batches[1]].max()
+    same = [np.array([0, 1]), np.array([2, 3]), np.array([4, 5])]
+    vary_first_widths(same, lengths)
+    assert [b.tolist() for b in same] == [[0, 1], [2, 3], [4, 5]]
