@@ -121,8 +121,9 @@ def register_and_promote(candidate: dict[str, Any], evaluation: dict[str, Any]) 
                                         "off: a new network and vocabulary from the snapshot alone"),
         "include_rating_labels": Param(True, type="boolean", title="Include rating labels",
                                        description="Use the shop's star ratings as weak labels (see rating scale)"),
-        "rating_scale": Param(5, type="integer", enum=[5, 10], title="Rating scale",
-                              description="5: 1-2 negative, 4-5 positive, 3 left out; 10: 1-4 negative, 9-10 positive"),
+        "rating_scale": Param(None, type=["null", "integer"], enum=[None, 5, 10], title="Rating scale",
+                              description="5: 1-2 negative, 4-5 positive, 3 left out; 10: 1-4 negative, "
+                                          "9-10 positive; empty: read from the ratings (5 when none is above 5)"),
         "max_train_rows": Param(None, type=["null", "integer"], minimum=100, title="Max training rows",
                                 description="Sample the training products' rows down to this many (empty: all)"),
         "include_base_corpus": Param(False, type="boolean", title="Include the base corpus",

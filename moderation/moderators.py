@@ -616,6 +616,18 @@ def _rating_changes(conn: Connection, label: Any, in_bands: Any) -> int:
     return int(conn.execute(query).scalar_one())
 
 
+def stored_rating_scale(engine: Engine) -> int:
+    """The scale the stored ratings are on, read from them: 5 when none is above 5 (shop stars), else 10.
+
+    A 10-point database whose ratings all happen to be 5 or below would be
+    read as 5-point; an operator who knows better sets the scale.
+    """
+    with db.translate_errors(engine), engine.connect() as conn:
+        require_tables(conn, db.reviews)
+        top = conn.execute(select(func.max(db.reviews.c.rating))).scalar()
+    return 5 if top is None or top <= 5 else 10
+
+
 def _check_scale(conn: Connection, scale: int) -> None:
     top = conn.execute(select(func.max(db.reviews.c.rating))).scalar()
     if top is None:

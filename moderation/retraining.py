@@ -52,8 +52,9 @@ class RetrainingParams:
     #: Fine-tune the active model (True) or train a new network with a new vocabulary (False).
     warm_start: bool = True
     include_rating_labels: bool = True
-    #: The stored ratings' scale: 5 (shop stars: 1-2 negative, 4-5 positive) or 10 (1-4, 9-10).
-    rating_scale: int = 5
+    #: The stored ratings' scale: 5 (shop stars: 1-2 negative, 4-5 positive) or 10 (1-4, 9-10);
+    #: None reads it from the data: 5 when every stored rating is 5 or below, else 10.
+    rating_scale: int | None = None
     include_base_corpus: bool = False
     max_train_rows: int | None = None
     promotion_policy: str = "if_better"
@@ -71,8 +72,9 @@ class RetrainingParams:
         params = cls(**known)
         if params.promotion_policy not in POLICIES:
             raise ModerationError(f"promotion_policy must be one of {', '.join(POLICIES)}, not {params.promotion_policy!r}")
-        if params.rating_scale not in (5, 10):
-            raise ModerationError(f"rating_scale must be 5 or 10, not {params.rating_scale!r}")
+        if params.rating_scale not in (None, 5, 10):
+            raise ModerationError(f"rating_scale must be 5, 10 or empty (read from the ratings), "
+                                  f"not {params.rating_scale!r}")
         if not (0 < params.validation_fraction < 1 and 0 < params.holdout_fraction < 1
                 and params.validation_fraction + params.holdout_fraction < 1):
             raise ModerationError(f"validation_fraction ({params.validation_fraction}) and holdout_fraction "
@@ -93,13 +95,16 @@ def snapshot_labels(db_url: str | None, out_dir: Path, params: RetrainingParams)
     model was registered: retraining on the same data again is pointless.
     """
     from moderation.data import fingerprint
-    from moderation.moderators import labelled_snapshot, rating_labels
+    from moderation.moderators import labelled_snapshot, rating_labels, stored_rating_scale
 
     engine = db.make_engine(db_url)
+    scale: int | None = None
     with db.translate_errors(engine):
         if params.include_rating_labels:
-            refreshed = rating_labels(engine, scale=params.rating_scale)  # weak labels follow the current ratings
-            log.info("rating labels (%d-point scale) refreshed: %d written or changed", params.rating_scale, refreshed)
+            scale = params.rating_scale or stored_rating_scale(engine)
+            refreshed = rating_labels(engine, scale=scale)  # weak labels follow the current ratings
+            log.info("rating labels (%d-point scale%s) refreshed: %d written or changed", scale,
+                     "" if params.rating_scale else ", read from the stored ratings", refreshed)
         frame = labelled_snapshot(engine, include_rating=params.include_rating_labels)
         with engine.connect() as conn:
             since = conn.execute(
@@ -123,6 +128,7 @@ def snapshot_labels(db_url: str | None, out_dir: Path, params: RetrainingParams)
         "negative": int(counts.get(1, 0)),
         "positive": int(counts.get(0, 0)),
         "new_labels": new_labels,
+        "rating_scale": scale,
         "fingerprint": fingerprint(frame.assign(text=frame["text"].astype("string"))) if len(frame) else None,
         "ready": new_labels >= params.min_new_labels,
     }
@@ -199,7 +205,7 @@ def train_candidate(snapshot: dict[str, Any], params: RetrainingParams, models_d
                             source={"snapshot": snapshot["path"], "snapshot_fingerprint": snapshot.get("fingerprint"),
                                     "include_base_corpus": params.include_base_corpus,
                                     "include_rating_labels": params.include_rating_labels,
-                                    "rating_scale": params.rating_scale})
+                                    "rating_scale": snapshot.get("rating_scale", params.rating_scale)})
     card = calibrate(bundle, {SHOP_DOMAIN: parts.validation}, {SHOP_DOMAIN: parts.test}, default_domain=SHOP_DOMAIN,
                      max_false_positive_rate=params.max_false_positive_rate)
     if len(parts.test):  # the card's test figures at the threshold it now carries

@@ -267,6 +267,16 @@ def test_rating_labels_five_point_scale(sqlite_url: str) -> None:
     assert written == 7 and labels[(1, "rating")] == 1 and labels[(3, "rating")] == 0 and (4, "rating") not in labels
 
 
+def test_the_rating_scale_is_read_from_the_stored_ratings(engine: Engine) -> None:
+    assert moderators.stored_rating_scale(engine) == 10  # the seeded reviews are rated up to 10
+    with engine.begin() as conn:
+        conn.execute(db.reviews.update().where(db.reviews.c.rating > 5).values(rating=5))
+    assert moderators.stored_rating_scale(engine) == 5
+    with engine.begin() as conn:
+        conn.execute(db.reviews.update().values(rating=None))
+    assert moderators.stored_rating_scale(engine) == 5  # no ratings at all: shop stars by default
+
+
 def test_snapshot_prefers_moderator_over_import_over_rating(engine: Engine, tmp_path: Path) -> None:
     moderators.rating_labels(engine)
     path = tmp_path / "labels.csv"

@@ -155,7 +155,7 @@ def test_retraining_dag_defaults_match_the_retraining_params(dag_bag: Any) -> No
 
 
 @pytest.mark.parametrize(("name", "value", "ok"), [
-    ("rating_scale", 5, True), ("rating_scale", 10, True), ("rating_scale", 7, False),
+    ("rating_scale", 5, True), ("rating_scale", 10, True), ("rating_scale", None, True), ("rating_scale", 7, False),
     ("warm_start", False, True), ("warm_start", "yes", False), ("max_train_rows", None, True),
     ("max_train_rows", 5_000, True), ("max_train_rows", 10, False), ("max_false_positive_rate", 0.05, True),
     ("max_false_positive_rate", 1.0, False), ("learning_rate", 0.0, False),

@@ -143,9 +143,9 @@ def test_default_path_fine_tunes_the_active_model_and_chooses_shop_thresholds(
     monkeypatch.setenv("AIRFLOW_CONN_REVIEWS_DB", sqlite_url)
     dag = retraining_dag(dag_bag)
     defaults = RetrainingParams()
-    assert defaults.warm_start and defaults.include_rating_labels and defaults.rating_scale == 5
+    assert defaults.warm_start and defaults.include_rating_labels and defaults.rating_scale is None
     assert {k: dag.params[k] for k in ("warm_start", "include_rating_labels", "rating_scale", "learning_rate")} == {
-        "warm_start": True, "include_rating_labels": True, "rating_scale": 5, "learning_rate": defaults.learning_rate}
+        "warm_start": True, "include_rating_labels": True, "rating_scale": None, "learning_rate": defaults.learning_rate}
 
     state, tasks = dag_runner(dag, datetime(2024, 6, 1, tzinfo=timezone.utc), {"epochs": 1})  # else the defaults
     assert state == "success", tasks
