@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moderation.errors import InputDataError
+from moderation.errors import NOT_UTF8_HINT, InputDataError
 
 TEXT_COLUMN = "text"
 
@@ -44,7 +44,7 @@ def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFra
         if suffix == ".parquet":
             return pd.read_parquet(path, columns=columns)
         if suffix in {".tsv", ".txt"}:
-            return _read_tsv(path)
+            return _check_utf8(_read_tsv(path), path)
         if suffix == ".csv":
             # Invalid UTF-8 is repaired (U+FFFD), as `reviews import` does; a BOM is dropped.
             frame = pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
@@ -53,7 +53,7 @@ def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFra
                 hint = _separator_hint(path)
                 if hint:
                     raise InputDataError(f"cannot read {path}: {hint}")
-            return frame
+            return _check_utf8(frame, path)
     except pd.errors.ParserError as exc:
         raise InputDataError(f"cannot read {path}: {_parser_hint(path, exc)}") from None
     except (OSError, ValueError) as exc:
@@ -95,6 +95,26 @@ def _read_tsv(path: Path) -> pd.DataFrame:
         frame.attrs["rating_scale"] = 5
         return frame
     return pd.read_csv(path, sep="\t", quoting=3, dtype={TEXT_COLUMN: "string"}, **options)
+
+
+def repaired_texts(frame: pd.DataFrame) -> int:
+    """Texts holding U+FFFD: bytes that were not UTF-8, replaced when the file was read."""
+    if TEXT_COLUMN not in frame.columns or pd.api.types.is_numeric_dtype(frame[TEXT_COLUMN].dtype):
+        return 0
+    return int(frame[TEXT_COLUMN].astype("string").str.contains("\ufffd", regex=False).fillna(False).sum())
+
+
+def _check_utf8(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Invalid UTF-8 in some rows is repaired (U+FFFD); a file where EVERY text needed it is not UTF-8 at all,
+    and scoring or training on its mojibake would give confident nonsense: refuse it."""
+    repaired = repaired_texts(frame)
+    if repaired:
+        present = frame[TEXT_COLUMN].astype("string").fillna("")
+        texts = int((present.str.strip() != "").sum())
+        if repaired == texts:
+            raise InputDataError(f"{path} is not UTF-8: every one of its {texts} texts has bytes that are not "
+                                 f"valid UTF-8 ({NOT_UTF8_HINT})")
+    return frame
 
 
 #: A text that is only a number: a review column holding ids or ratings by mistake.

@@ -30,3 +30,8 @@ class DecisionError(ModerationError):
 
 class SettingError(ModerationError, ValueError):
     """An environment setting has a value the package cannot use (still a ValueError for callers)."""
+
+
+#: What to say about a review file whose every text had bytes that are not UTF-8.
+NOT_UTF8_HINT = ("is it a Korean file saved as CP949/EUC-KR? convert it to UTF-8 first, "
+                 "e.g. iconv -f cp949 -t utf-8 IN > OUT")

@@ -26,7 +26,9 @@ dates keeps what the table already knows.
 Broken rows are rejected with their line (CSV/TSV, 1-based, header included)
 or row (Parquet, 1-based) and the reason; the rest load. NUL characters are
 removed (PostgreSQL text cannot hold them) and lone surrogates (undecodable
-bytes) become U+FFFD; such rows count as ``repaired``. Everything is written in
+bytes) become U+FFFD; such rows count as ``repaired``. A file in which EVERY text
+has undecodable bytes is not UTF-8 at all (a CP949/EUC-KR export) and is refused,
+so mojibake never overwrites stored texts. Everything is written in
 one transaction, in batches: ``executemany`` upserts, or ``COPY`` into a
 staging table on PostgreSQL.
 """
@@ -48,7 +50,7 @@ from typing import Any
 from sqlalchemy import ARRAY, BigInteger, Connection, Engine, any_, bindparam, inspect, select
 
 from moderation import db
-from moderation.errors import DatabaseError, InputDataError
+from moderation.errors import NOT_UTF8_HINT, DatabaseError, InputDataError
 from moderation.progress import progress as progress_bar
 
 #: A text that is only a number.
@@ -158,7 +160,7 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
     source = _open_source(path)
     report = ImportReport(path=str(path), source_format=source.fmt, unit=source.unit)
     seen: dict[int, int] = {}
-    texts = numbers = 0  # non-empty texts, and those that are only a number (a wrong column?)
+    texts = numbers = undecodable = 0  # non-empty texts, those only a number (a wrong column?), those not UTF-8
     with closing(source.rows), db.translate_errors(engine), engine.begin() as conn, \
             progress_bar("importing", source.total, unit="rows", enabled=progress) as done:
         if not inspect(conn).has_table(db.reviews.name):
@@ -183,6 +185,7 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
             if row.text is not None and row.text.strip():
                 texts += 1
                 numbers += bool(_NUMBER_ONLY.fullmatch(row.text))
+                undecodable += bool(repaired and "\ufffd" in row.text)
             report.repaired += repaired
             batch.append(row)
             if len(batch) >= BATCH_SIZE:
@@ -191,6 +194,9 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
         if texts and numbers == texts:  # raised inside the transaction: nothing is written
             raise InputDataError(f"{path}: every text is a number (is the text column the right one?); "
                                  f"nothing imported")
+        if texts and undecodable == texts:  # a whole file in another encoding would overwrite texts with mojibake
+            raise InputDataError(f"{path} is not UTF-8: every one of its {texts} texts has bytes that are not "
+                                 f"valid UTF-8 ({NOT_UTF8_HINT}); nothing imported")
         _write_batch(conn, batch, now, spread_days, report)
     report.seconds = round(time.perf_counter() - started, 3)
     return report

@@ -105,6 +105,8 @@ class RunPlan:
     model: ModelChoice
     chunks: list[dict[str, Any]] = field(default_factory=list)
     reviews: int = 0
+    #: reviews ingested in the interval, scored or not; None in a plan made by an earlier release
+    ingested: int | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,6 +272,8 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
             if backlog > max_reviews else None
         in_interval = conn.execute(select(func.count()).select_from(db.reviews)
                                    .where(_interval_filter(start, end), needed)).scalar_one()
+        ingested = conn.execute(select(func.count()).select_from(db.reviews)
+                                .where(_interval_filter(start, end))).scalar_one()
     engine.dispose()
     total = min(int(backlog), max_reviews)
     if backlog > max_reviews:
@@ -286,7 +290,7 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
              total - min(int(in_interval), total), len(chunks), model.version, model.threshold,
              model.operating_point or "none: a threshold override")
     return RunPlan(run_id=run_id, interval_start=start.isoformat(), interval_end=end.isoformat(),
-                   model=model, chunks=chunks, reviews=total)
+                   model=model, chunks=chunks, reviews=total, ingested=int(ingested))
 
 
 def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_dir: Path,
@@ -413,8 +417,16 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
 
 def run_warning(plan: RunPlan, read: int, scored: int, skipped: dict[str, int], rate: float,
                 recent: list[float]) -> str | None:
-    """What an operator should look at after a run: an empty night, nothing scorable, an odd flag rate."""
+    """What an operator should look at after a run: an empty night, nothing scorable, an odd flag rate.
+
+    A run that reads nothing because an earlier run already scored the
+    interval's reviews (work is chosen by state) is not an empty night.
+    """
     if read == 0:
+        if plan.ingested:
+            log.info("nothing left to score: the %d reviews ingested in [%s, %s) already have a score "
+                     "for model %s", plan.ingested, plan.interval_start, plan.interval_end, plan.model.version)
+            return None
         return (f"no reviews were ingested in [{plan.interval_start}, {plan.interval_end}): "
                 f"check that the import ran for this night")
     if scored == 0:

@@ -322,6 +322,24 @@ def test_an_empty_night_warns(engine: Any, any_db_url: str, tiny_model_dir: Path
     assert summary["warning"].startswith("no reviews were ingested in [2026-11-22T00:00:00+00:00, ")
 
 
+def test_a_night_already_scored_is_not_called_empty(engine: Any, any_db_url: str, tiny_model_dir: Path,
+                                                    tmp_path: Path) -> None:
+    """Work is chosen by state: a second run of a night (Airflow's after the CLI's, a retry, a backfill after
+    a catch-up run) may find nothing left to score; that is not a night without reviews."""
+    _register_copy(engine, tiny_model_dir, tmp_path / "tiny-model")
+    with engine.begin() as conn:
+        conn.execute(insert(db.reviews), [{"review_id": i, "product_id": 1, "rating": 1, "text": f"최악이에요 {i}",
+                                           "ingested_at": NIGHT + timedelta(hours=3)} for i in range(1, 6)])
+    end = NIGHT + timedelta(days=1)
+    first = pipeline.run_nightly(any_db_url, NIGHT, end, work_dir=tmp_path / "run1")
+    assert first["reviews_read"] == 5
+    again = pipeline.run_nightly(any_db_url, NIGHT, end, run_id="scheduled__night", work_dir=tmp_path / "run2")
+    assert again["reviews_read"] == 0
+    assert again["warning"] is None
+    later = pipeline.run_nightly(any_db_url, end, end + timedelta(days=1), work_dir=tmp_path / "run3")
+    assert later["warning"].startswith("no reviews were ingested in [2026-11-23T00:00:00+00:00, ")
+
+
 def _queue(engine: Any, count: int) -> None:
     with engine.begin() as conn:
         conn.execute(insert(db.reviews), [{"review_id": i, "product_id": 1, "rating": 1, "text": f"최악 {i}",
@@ -382,3 +400,32 @@ def test_reviews_import_refuses_a_column_of_numbers_and_keeps_the_texts(engine: 
     with engine.connect() as conn:
         texts = conn.execute(select(db.reviews.c.text).order_by(db.reviews.c.review_id)).scalars().all()
     assert texts == ["최악 1", "최악 2", "최악 3", "최악 4"]
+
+
+def test_a_file_not_in_utf8_is_refused_and_a_few_bad_bytes_are_counted(
+        engine: Any, any_db_url: str, tiny_model_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A Korean export saved as CP949 would be read as mojibake: scored and flagged with confidence by
+    score-file, and upserted over the real texts by reviews import. Refused; a few bad rows are still
+    repaired, and score-file now says how many, as reviews import does."""
+    _queue(engine, 4)
+    cp949 = tmp_path / "cp949.csv"
+    cp949.write_bytes("review_id,product_id,text\n1,1,배송이 너무 느려요\n2,1,최악입니다 환불해주세요\n3,1,\n"
+                      .encode("cp949"))
+    assert main(["score-file", str(cp949), str(tmp_path / "out.csv"), "--model", str(tiny_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "cp949.csv is not UTF-8: every one of its 2 texts" in err and "iconv -f cp949" in err
+    assert not (tmp_path / "out.csv").exists()
+    assert main(["reviews", "import", str(cp949), "--db", any_db_url]) == 2
+    assert "is not UTF-8" in capsys.readouterr().err
+    with engine.connect() as conn:
+        texts = conn.execute(select(db.reviews.c.text).order_by(db.reviews.c.review_id)).scalars().all()
+    assert texts == ["최악 1", "최악 2", "최악 3", "최악 4"]
+
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_bytes("review_id,product_id,text\n1,1,최악 1\n2,1,".encode() + "나빠요".encode("cp949")
+                      + "\n3,1,좋아요\n".encode())
+    assert main(["score-file", str(mixed), str(tmp_path / "out.csv"), "--model", str(tiny_model_dir)]) == 0
+    assert "1 repaired (bytes that were not UTF-8 became U+FFFD)" in capsys.readouterr().out
+    assert main(["reviews", "import", str(mixed), "--db", any_db_url]) == 0
+    assert "1 repaired" in capsys.readouterr().out
