@@ -31,6 +31,9 @@ RUN python -m pip install "uv==${UV_VERSION}" \
 WORKDIR /src
 COPY pyproject.toml constraints.txt constraints-gpu.txt README.md ./
 COPY moderation/ ./moderation/
+# Package data of the wheel (pyproject.toml): the shipped model and the PostgreSQL DDL.
+COPY models/ko-char-lstm-v2/ ./models/ko-char-lstm-v2/
+COPY sql/ ./sql/
 COPY docker/install-locked.sh /usr/local/bin/install-locked.sh
 
 # TensorFlow for CPU, with the lock constraints.txt.

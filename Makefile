@@ -28,9 +28,9 @@ $(GPU_STAMP): pyproject.toml constraints-gpu.txt
 
 install-gpu: $(GPU_STAMP)
 
-## Install everything, seed the embedded SQLite database and run the nightly DAG on it.
+## Install everything, seed the embedded SQLite database and run the nightly DAG on it (scripts/demo.py, not part of the package).
 demo: $(STAMP)
-	$(PY) -m moderation.demo
+	$(PY) scripts/demo.py
 
 ## Install everything and run the whole test suite (SQLite and PostgreSQL).
 test: $(STAMP)
@@ -40,7 +40,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not postgres"
 
 bench: $(STAMP)
-	$(PY) -m moderation.bench
+	$(PY) benchmarks/bench.py
 
 up:
 	docker compose up -d --build

@@ -14,7 +14,7 @@ step "1. the queue after the nightly run" "moderation flagged --status pending -
 moderation flagged --status pending --limit 5
 
 # 2. Moderators work through the queue. Here they are simulated by the review's
-#    5-point stars (the demo's shop; see moderation/shop_reviews.py): confirm
+#    5-point stars (the demo's shop; see scripts/shop_reviews.py): confirm
 #    flags on reviews with 1-2 stars, dismiss those with 4-5.
 moderation flagged --status pending --format json --output var/queue.json --force
 read -r confirm dismiss < <(python - <<'PY'

@@ -22,9 +22,12 @@ SQL_DIR_ENV = "MODERATION_SQL_DIR"
 
 
 def sql_dir() -> Path:
-    """``$MODERATION_SQL_DIR``, else the repository's ``sql/`` folder."""
+    """``$MODERATION_SQL_DIR``, else the checkout's ``sql/`` folder, else the copy an installed wheel carries."""
     explicit = os.environ.get(SQL_DIR_ENV)
-    return Path(explicit) if explicit else config.PROJECT_ROOT / "sql"
+    if explicit:
+        return Path(explicit)
+    root = config.checkout_root()
+    return root / "sql" if root else config.SHIPPED_SQL_DIR
 
 
 def sql_files(directory: Path | None = None) -> list[Path]:

@@ -8,7 +8,7 @@ What it does, in the order a shop would live it:
 1. The shop: a seeded 60 % of the Steam (game-store) reviews of
    ``other_domains.parquet`` with 5-point stars (the author's where the corpus
    kept them, else DERIVED from the label: negative 1-2, positive 4-5; see
-   :mod:`moderation.shop_reviews`) and synthetic products, imported into a
+   ``scripts/shop_reviews.py``) and synthetic products, imported into a
    temporary SQLite database with the package's importer.
 2. The active model is the movie-only ``models/ko-char-lstm-v1`` (registered
    in that database; its directory is only read).
@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    from moderation import db, pipeline, retraining, shop_reviews
+    import shop_reviews  # beside this script
+
+    from moderation import db, pipeline, retraining
     from moderation.importing import import_reviews
     from moderation.model import read_card
     from moderation.moderators import import_labels

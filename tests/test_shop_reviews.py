@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from moderation import shop_reviews
+import shop_reviews  # scripts/shop_reviews.py (pytest's pythonpath)
 from moderation.errors import InputDataError
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "other_domains_sample.parquet"
@@ -77,7 +77,7 @@ def test_missing_corpus_and_unknown_domain_are_refused(tmp_path: Path) -> None:
 
 
 def test_demo_seeds_shop_reviews(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from moderation import demo
+    import demo  # scripts/demo.py
 
     monkeypatch.setattr(demo, "corpus_path", lambda: SAMPLE)  # tests never read the shared corpus
     out = pd.read_parquet(demo.demo_reviews_file(tmp_path))

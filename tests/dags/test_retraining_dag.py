@@ -63,7 +63,7 @@ SHOP_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "other_domains_samp
 def prepare_shop(db_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     """A shop: 800 real shopping and Steam reviews with 5-point stars, the tiny movie model active,
     and moderator decisions on 150 of them (the rest are labelled by their stars only)."""
-    from moderation import shop_reviews
+    import shop_reviews  # scripts/shop_reviews.py (pytest's pythonpath)
     from moderation.importing import import_reviews
     from moderation.pipeline import register_model
 

@@ -6,7 +6,7 @@ Steps, each visible in the output:
 2. import a few thousand real shop reviews with 5-point stars, ``ingested_at``
    spread over the three days before today (UTC), so "yesterday" has about a
    third of them: every shopping review and Steam (game-store) reviews of
-   ``other_domains.parquet``, prepared by :mod:`moderation.shop_reviews`
+   ``other_domains.parquet``, prepared by ``scripts/shop_reviews.py``
    (stars the corpus lacks are DERIVED from the review's label: negative 1-2,
    positive 4-5; products are synthetic, a few dozen per domain). Without the
    shared corpus the 800-row sample in ``tests/data`` is used, and said so;
@@ -17,7 +17,11 @@ Steps, each visible in the output:
 5. print the run's summary and the ten highest-scored flagged reviews.
 
 Re-running is safe: the import upserts (nothing changes) and the nightly run
-is idempotent. ``--fresh`` starts over with a new database.
+is idempotent. ``--fresh`` starts over with a new database
+(``.venv/bin/python scripts/demo.py --fresh``).
+
+The demo is tooling of the checkout, beside the package: it is not part of
+the installed wheel.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from typing import Any
 
 from moderation import config
 
+#: The checkout this script belongs to: its DAGs, the corpus beside it, the test samples.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 DAG_ID = "review_moderation_nightly"
 DEMO_REVIEWS = 6_000
 SPREAD_DAYS = 3
@@ -44,22 +51,22 @@ SEED = 20240301
 
 def corpus_path() -> Path:
     """The shop reviews' source: the shared other-domains corpus, else the sample shipped with the tests."""
-    from moderation import shop_reviews
+    import shop_reviews  # beside this script
 
     return shop_reviews.corpus_path()
 
 
 def training_corpus_path() -> Path:
     """The movie-review corpus a model can be trained on (for the hint when no model is there)."""
-    shared = config.PROJECT_ROOT.parent / "shared" / "data" / "ko_reviews.parquet"
-    return shared if shared.is_file() else config.PROJECT_ROOT / "tests" / "data" / "reviews_sample.parquet"
+    shared = REPO_ROOT.parent / "shared" / "data" / "ko_reviews.parquet"
+    return shared if shared.is_file() else REPO_ROOT / "tests" / "data" / "reviews_sample.parquet"
 
 
 def demo_reviews_file(work: Path) -> Path:
     """The shop's reviews: every shopping review, then Steam reviews up to :data:`DEMO_REVIEWS` (seeded)."""
     import pandas as pd
 
-    from moderation import shop_reviews
+    import shop_reviews  # beside this script
 
     source = corpus_path()
     if source.name != shop_reviews.SHARED_FILE:
@@ -86,7 +93,7 @@ def airflow_env(home: Path, db_url: str) -> dict[str, str]:
     return {
         **os.environ,
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(config.PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW_CONN_REVIEWS_DB": db_url,
@@ -98,7 +105,7 @@ def airflow_env(home: Path, db_url: str) -> dict[str, str]:
 def run_logged(command: list[str], env: dict[str, str], log_path: Path, what: str) -> None:
     """Run an ``airflow`` command with its (long) output in a log file; on failure show the tail."""
     with log_path.open("w", encoding="utf-8") as log:
-        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=config.PROJECT_ROOT)
+        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     if done.returncode != 0:
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
         print("\n".join(tail), file=sys.stderr)
@@ -135,7 +142,7 @@ def one_line(text: str | None, width: int = 60) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moderation.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="scripts/demo.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--fresh", action="store_true", help="delete the demo database and Airflow home first")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,5 +1,7 @@
 """Shop reviews for the demo and the adaptation experiment, from the other-domains corpus.
 
+Tooling of the checkout (``scripts/``), not part of the installed package.
+
 ``other_domains.parquet`` holds real Korean shopping and Steam (game-store)
 reviews, each with a label (1 = negative) but only 118 with the star rating
 the author gave. A shop's database stores 5-point stars, so every row gets
@@ -26,7 +28,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from moderation import config
 from moderation.errors import InputDataError
 
 #: The corpus beside the checkout (see /work/shared/data/README.md), else the sample the tests ship.
@@ -38,12 +39,14 @@ PRODUCT_BASE = {"steam": 1001, "shopping": 2001}
 PRODUCTS_PER_DOMAIN = 40
 SEED = 20240301
 COLUMNS = ["review_id", "product_id", "domain", "rating", "rating_source", "label", "text"]
+#: The checkout this file belongs to.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def corpus_path() -> Path:
     """The full corpus in ``shared/data`` next to the checkout, else the 800-row sample in ``tests/data``."""
-    shared = config.PROJECT_ROOT.parent / "shared" / "data" / SHARED_FILE
-    return shared if shared.is_file() else config.PROJECT_ROOT / SAMPLE_FILE
+    shared = REPO_ROOT.parent / "shared" / "data" / SHARED_FILE
+    return shared if shared.is_file() else REPO_ROOT / SAMPLE_FILE
 
 
 def _unit(seed: int, what: str, review_id: int) -> int:

@@ -14,6 +14,9 @@ their ratios mean something (docs/performance.md explains each one):
 Tables go to stdout, progress to stderr, everything to a JSON file. Nothing
 here asserts a timing: figures depend on the machine, so they are recorded
 with the machine's facts and judged by a person.
+
+Run from a checkout (``make bench`` = ``.venv/bin/python benchmarks/bench.py``):
+the benchmark is tooling beside the package, not part of the installed wheel.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ import numpy as np
 import pandas as pd
 
 from moderation import config
+
+#: The checkout this file belongs to (corpus beside it, docs/bench.json, git state).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SECTIONS = ("model", "pipeline", "scaling", "training")
 DB_KINDS = ("sqlite", "postgresql")
@@ -114,7 +120,7 @@ def _sections(value: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     from moderation.pipeline import DEFAULT_CHUNK_SIZE
 
-    parser = argparse.ArgumentParser(prog="python -m moderation.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
     parser.add_argument("--corpus", type=Path, default=None, help="reviews Parquet (default: ../shared/data/ko_reviews.parquet)")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: docs/bench.json)")
@@ -152,8 +158,8 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     pg_url = None if args.no_pg else args.pg_url
     return Settings(
         model_dir=(args.model or config.default_model_dir()).resolve(),
-        corpus=(args.corpus or config.PROJECT_ROOT.parent / "shared" / "data" / "ko_reviews.parquet").resolve(),
-        out=(args.out or config.PROJECT_ROOT / "docs" / "bench.json").resolve(),
+        corpus=(args.corpus or REPO_ROOT.parent / "shared" / "data" / "ko_reviews.parquet").resolve(),
+        out=(args.out or REPO_ROOT / "docs" / "bench.json").resolve(),
         sections=args.sections,
         sizes=sizes,
         scaling_sizes=sorted(set(scaling)),
@@ -297,7 +303,7 @@ def _load_average() -> list[float] | None:
 
 def _git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=config.PROJECT_ROOT, capture_output=True, text=True,
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                               check=True, timeout=10).stdout.strip()
 
     try:
@@ -667,8 +673,8 @@ def _run_child_spec(spec: dict[str, Any], work: Path, what: str) -> dict[str, An
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    done = subprocess.run([sys.executable, "-m", "moderation.bench", "--child", str(spec_path)],
-                          cwd=config.PROJECT_ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0 or not Path(spec["result"]).is_file():
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
         raise BenchError(f"{what} failed (exit {done.returncode}):\n{tail}")
