@@ -40,20 +40,25 @@ def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> di
     }
 
 
-def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The threshold that maximises balanced accuracy (Youden's J) on these rows."""
+def _ranked(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scores in descending order, with cumulative true and false positives and the run-end mask."""
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
     sorted_scores, sorted_labels = scores[order], labels[order]
     tp = np.cumsum(sorted_labels)
     fp = np.cumsum(~sorted_labels)
+    last_of_run = np.r_[sorted_scores[1:] != sorted_scores[:-1], True] if len(scores) else np.zeros(0, bool)
+    return sorted_scores, tp, fp, last_of_run
+
+
+def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold that maximises balanced accuracy (Youden's J) on these rows."""
+    labels = np.asarray(labels).astype(bool)
     n_pos, n_neg = max(int(labels.sum()), 1), max(int((~labels).sum()), 1)
-    # Only cut between distinct scores.
-    last_of_run = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
-    j = np.where(last_of_run, tp / n_pos - fp / n_neg, -np.inf)
-    best = int(np.argmax(j))
-    return float(sorted_scores[best])
+    sorted_scores, tp, fp, last_of_run = _ranked(labels, scores)
+    j = np.where(last_of_run, tp / n_pos - fp / n_neg, -np.inf)  # only cut between distinct scores
+    return float(sorted_scores[int(np.argmax(j))])
 
 
 def summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -66,18 +71,6 @@ def summary(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[st
 #: Named operating points: the precision on validation rows each one must reach.
 #: Like ORES' per-wiki "maybe / likely / very likely bad" levels.
 OPERATING_PRECISIONS: dict[str, float] = {"maybe": 0.6, "likely": 0.8, "very_likely": 0.9}
-
-
-def _ranked(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Scores in descending order, with cumulative true and false positives and the run-end mask."""
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores, sorted_labels = scores[order], labels[order]
-    tp = np.cumsum(sorted_labels)
-    fp = np.cumsum(~sorted_labels)
-    last_of_run = np.r_[sorted_scores[1:] != sorted_scores[:-1], True] if len(scores) else np.zeros(0, bool)
-    return sorted_scores, tp, fp, last_of_run
 
 
 def operating_points(labels: np.ndarray, scores: np.ndarray,
