@@ -38,10 +38,10 @@ grep -o 'retraining outcome: .*' var/retraining.log | head -1 | cut -c1-400
 step "3b. model versions" "moderation models list"
 moderation models list
 
-step "3c. retraining a new network instead (no warm start), policy always" \
-     "airflow dags test review_model_retraining --conf '{\"epochs\": 2, \"min_new_labels\": 100, \"warm_start\": false, \"learning_rate\": 0.002, \"promotion_policy\": \"always\"}'"
+step "3c. retraining a new network instead (no warm start), policy always; no new labels since 3, so min_new_labels 0" \
+     "airflow dags test review_model_retraining --conf '{\"epochs\": 2, \"min_new_labels\": 0, \"warm_start\": false, \"learning_rate\": 0.002, \"promotion_policy\": \"always\"}'"
 airflow dags test review_model_retraining \
-    --conf '{"epochs": 2, "min_new_labels": 100, "warm_start": false, "learning_rate": 0.002, "promotion_policy": "always"}' >var/retraining2.log 2>&1
+    --conf '{"epochs": 2, "min_new_labels": 0, "warm_start": false, "learning_rate": 0.002, "promotion_policy": "always"}' >var/retraining2.log 2>&1
 grep -o 'retraining outcome: .*' var/retraining2.log | head -1 | cut -c1-400
 moderation models list
 
