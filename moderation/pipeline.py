@@ -60,9 +60,9 @@ from sqlalchemy import (
 )
 
 from moderation import config, db, migrations
-from moderation.errors import DatabaseError, InputDataError, ModelBundleError
-from moderation.model import (bundle_fingerprint, check_one_threshold_choice, check_threshold, choose_threshold,
-                              verify_bundle)
+from moderation.errors import DatabaseError, InputDataError
+from moderation.model import check_one_threshold_choice
+from moderation.registry import ModelChoice, active_model
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,6 @@ _staging = Table(
 RATE_HISTORY = 7
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    version: str
-    path: str
-    threshold: float
-    #: The card's named point the threshold is (``default``: the card's own); None: a raw threshold override.
-    operating_point: str | None = None
-
-
 @dataclass
 class RunPlan:
     run_id: str
@@ -116,96 +107,6 @@ def run_dir(run_id: str, base: Path | None = None) -> Path:
     """Folder for one run's chunk files; the run id made safe for a path."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
     return (base or config.data_dir() / "runs") / safe
-
-
-def active_model(engine: Engine, threshold: float | None = None, operating_point: str | None = None) -> ModelChoice:
-    """The active row of ``model_versions``, else the shipped model (registered then), and the threshold to use.
-
-    ``operating_point`` names a point of the active model's card (``likely``,
-    ``steam:likely``, ``default``); ``threshold`` overrides the card with a
-    number; at most one of them. Only the card is read (no TensorFlow).
-    """
-    if threshold is not None:
-        check_threshold(threshold, "threshold override")
-    check_one_threshold_choice(threshold, operating_point)
-    m = db.model_versions.c
-    with db.translate_errors(engine), engine.connect() as conn:
-        row = conn.execute(select(m.version, m.path, m.threshold, m.fingerprint).where(m.is_active.is_(True))).first()
-    if row is None:
-        card = register_model(engine, config.default_model_dir(), activate=True)
-        row = (card.version, str(config.default_model_dir()), card.threshold, None)
-    card = verify_registered(engine, row[0], Path(row[1]), row[3])  # fail before any work if broken or swapped
-    chosen, point = choose_threshold(card, threshold, operating_point)
-    if point == "default":
-        chosen = float(row[2])  # the registered threshold: the card's, as the fingerprint guarantees
-    return ModelChoice(version=row[0], path=row[1], threshold=float(chosen), operating_point=point)
-
-
-def verify_registered(engine: Engine, version: str, directory: Path, registered: str | None) -> Any:
-    """The card of a registered model whose directory still holds exactly the registered files.
-
-    A registered model is immutable: scoring under its name must run the
-    network it was registered with. A row without a fingerprint (registered
-    by an earlier release) gets the directory's fingerprint now.
-    """
-    card = verify_bundle(directory)
-    if card.version != version:
-        raise ModelBundleError(f"{directory} now holds model {card.version}, not the registered {version}: "
-                               f"register that directory as a new version")
-    current = bundle_fingerprint(directory)
-    if registered is None:
-        with db.translate_errors(engine), engine.begin() as conn:
-            conn.execute(db.model_versions.update()
-                         .where(db.model_versions.c.version == version, db.model_versions.c.fingerprint.is_(None))
-                         .values(fingerprint=current))
-    elif registered != current:
-        raise ModelBundleError(f"model directory {directory} no longer matches registered model {version} "
-                               f"(its files changed after registration): restore them, or train a new version "
-                               f"and register that")
-    return card
-
-
-def register_model(engine: Engine, directory: Path, activate: bool = False) -> Any:
-    """Insert or refresh a model version from its card; optionally make it the only active one.
-
-    Registering the same files again is harmless; registering different
-    files under a version name already taken is refused.
-    """
-    card = verify_bundle(directory)
-    current = bundle_fingerprint(directory)
-    now = datetime.now(timezone.utc)
-    values = {
-        "version": card.version,
-        "path": str(Path(directory).resolve()),
-        "threshold": card.threshold,
-        "metrics": json.dumps(card.metrics, ensure_ascii=False),
-        "created_at": datetime.fromisoformat(card.created_at),
-        "fingerprint": current,
-    }
-    m = db.model_versions.c
-    with db.translate_errors(engine), engine.begin() as conn:
-        exists = conn.execute(select(m.version, m.fingerprint).where(m.version == card.version)).first()
-        if exists and exists[1] is not None and exists[1] != current:
-            raise ModelBundleError(f"model {card.version} is already registered with other files: a registered "
-                                   f"model cannot change; train under a new name (--out models/NEW-NAME)")
-        if exists:
-            conn.execute(db.model_versions.update().where(m.version == card.version).values(**values))
-        else:
-            conn.execute(db.model_versions.insert().values(**values, registered_at=now, is_active=False))
-        if activate:
-            db.activate_only(conn, card.version)
-    return card
-
-
-def registered_version_at(engine: Engine, directory: Path) -> str | None:
-    """The version registered from ``directory`` (by its path), or None; a database without the table has none."""
-    from sqlalchemy import inspect
-
-    with db.translate_errors(engine), engine.connect() as conn:
-        if not inspect(conn).has_table(db.model_versions.name):
-            return None
-        m = db.model_versions.c
-        return conn.execute(select(m.version).where(m.path == str(Path(directory).resolve())).limit(1)).scalar()
 
 
 def _engine(db_url: str | None) -> Engine:
