@@ -140,15 +140,23 @@ def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> Non
         raise InputDataError(f"{source} has no column {', '.join(missing)} (columns: {', '.join(map(str, frame.columns))})")
 
 
+#: Rating bands per scale: (negative low, negative high, positive low, positive high), inclusive.
+#: The middle (5-8 of 10, 3 of 5) is ambiguous and left unlabelled.
+RATING_BANDS = {10: (1, 4, 9, 10), 5: (1, 2, 4, 5)}
+
+
+def rating_bands(scale: int) -> tuple[int, int, int, int]:
+    """The bands of a 5- or 10-point scale; any other scale is refused."""
+    if scale not in RATING_BANDS:
+        raise InputDataError(f"rating scale must be 5 or 10, not {scale}")
+    return RATING_BANDS[scale]
+
+
 def labels_from_ratings(ratings: pd.Series, scale: int = 10) -> pd.Series:
     """1 = negative, 0 = positive, NA = ambiguous middle, per the scale's convention."""
+    neg_low, neg_high, pos_low, pos_high = rating_bands(scale)
     r = pd.to_numeric(ratings, errors="coerce")
-    if scale == 10:
-        negative, positive = r.between(1, 4), r.between(9, 10)
-    elif scale == 5:
-        negative, positive = r.between(1, 2), r.between(4, 5)
-    else:
-        raise InputDataError(f"rating scale must be 5 or 10, not {scale}")
+    negative, positive = r.between(neg_low, neg_high), r.between(pos_low, pos_high)
     labels = pd.Series(pd.NA, index=r.index, dtype="Int8")
     labels[negative] = 1
     labels[positive] = 0

@@ -52,6 +52,7 @@ from sqlalchemy import ARRAY, BigInteger, Connection, Engine, any_, bindparam, i
 from moderation import db
 from moderation.errors import NOT_UTF8_HINT, DatabaseError, InputDataError
 from moderation.progress import progress as progress_bar
+from moderation.timeutil import utc, utc_now
 
 #: A text that is only a number.
 _NUMBER_ONLY = re.compile(r"\s*[+-]?\d+(?:[.,]\d+)?\s*")
@@ -82,7 +83,9 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 @dataclass(frozen=True)
 class Rejection:
-    line: int  # line (CSV/TSV) or row (Parquet) number, 1-based
+    """A rejected row of an input file, and why."""
+
+    line: int  # line (CSV/TSV, header included) or row (Parquet), 1-based
     reason: str
 
 
@@ -156,7 +159,7 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
     path = Path(path)
     if spread_days is not None and spread_days < 1:
         raise InputDataError(f"spread days must be at least 1, not {spread_days}")
-    now = _utc(now) if now is not None else datetime.now(timezone.utc)
+    now = utc(now) if now is not None else utc_now()
     source = _open_source(path)
     report = ImportReport(path=str(path), source_format=source.fmt, unit=source.unit)
     seen: dict[int, int] = {}
@@ -425,7 +428,7 @@ def _timestamp(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return _utc(value)
+        return utc(value)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     if isinstance(value, str):
@@ -433,7 +436,7 @@ def _timestamp(value: Any) -> datetime | None:
         if not stripped:
             return None
         try:
-            return _utc(datetime.fromisoformat(stripped))
+            return utc(datetime.fromisoformat(stripped))
         except ValueError:
             pass
     raise _Bad(f"created_at {_short(value)} is not an ISO date")
@@ -452,10 +455,6 @@ def _clean_text(value: Any) -> tuple[str | None, bool]:
 def _short(value: Any) -> str:
     shown = repr(value)
     return shown if len(shown) <= 40 else shown[:37] + "..."
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 # --- writing -----------------------------------------------------------------
@@ -485,7 +484,7 @@ def _write_batch(conn: Connection, batch: list[_Row], now: datetime, spread_days
             values["product_id"] = row.product_id if row.product_id is not None else 0
             report.loaded += 1
         else:
-            old_created = _utc(old.created_at) if old.created_at is not None else None
+            old_created = utc(old.created_at) if old.created_at is not None else None
             # Never erase: what this file does not know, the table keeps.
             if row.product_id is None:
                 values["product_id"] = old.product_id

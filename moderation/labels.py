@@ -24,7 +24,9 @@ import pandas as pd
 from sqlalchemy import Connection, Engine, case, func, literal, or_, select
 
 from moderation import db
+from moderation.data import rating_bands
 from moderation.errors import InputDataError
+from moderation.importing import Rejection
 from moderation.timeutil import utc_now
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,6 @@ log = logging.getLogger(__name__)
 SOURCE_RANK = {"moderator": 0, "import": 1, "rating": 2}
 #: Label words accepted in files besides 0/1 (1 = negative).
 LABEL_WORDS = {"negative": 1, "positive": 0, "neg": 1, "pos": 0, "부정": 1, "긍정": 0}
-#: Rating bands per scale: (negative low, negative high, positive low, positive high), as in moderation.data.
-RATING_BANDS = {10: (1, 4, 9, 10), 5: (1, 2, 4, 5)}
 MAX_REJECTIONS_KEPT = 1_000
 MAX_BIGINT = 2**63 - 1
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -56,12 +56,6 @@ def upsert_labels(conn: Connection, rows: list[dict[str, Any]], only_changed: bo
     )
     conn.execute(statement, rows)
 
-
-
-@dataclass(frozen=True)
-class Rejection:
-    line: int  # line (CSV/TSV, header included) or row (Parquet), 1-based
-    reason: str
 
 
 @dataclass
@@ -271,9 +265,7 @@ def rating_labels(engine: Engine, scale: int = 10) -> int:
     would become negative). A rating label whose review's rating has left the
     bands is removed.
     """
-    if scale not in RATING_BANDS:
-        raise InputDataError(f"rating scale must be 5 or 10, not {scale}")
-    neg_low, neg_high, pos_low, pos_high = RATING_BANDS[scale]
+    neg_low, neg_high, pos_low, pos_high = rating_bands(scale)
     r, lab = db.reviews.c, db.review_labels.c
     label = case((r.rating.between(neg_low, neg_high), 1), else_=0)
     in_bands = r.rating.between(neg_low, neg_high) | r.rating.between(pos_low, pos_high)

@@ -33,7 +33,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ from moderation import config, db, migrations
 from moderation.errors import DatabaseError, InputDataError
 from moderation.model import check_one_threshold_choice
 from moderation.registry import ModelChoice, active_model
+from moderation.timeutil import utc, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,6 @@ def needs_score(model_version: str) -> Any:
                            s.text_version == r.text_version)
 
 
-def as_utc(moment: datetime) -> datetime:
-    """An aware time in UTC (a naive one is taken as UTC): SQLite compares stored UTC text, not instants."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
 def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
              chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
              max_reviews: int = MAX_REVIEWS_PER_RUN, operating_point: str | None = None) -> RunPlan:
@@ -146,7 +142,7 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
     them by review id when there are more. ``threshold`` or ``operating_point``
     (not both) choose the threshold, as in :func:`active_model`.
     """
-    start, end = as_utc(start), as_utc(end)
+    start, end = utc(start), utc(end)
     check_one_threshold_choice(threshold, operating_point)
     if end <= start:
         raise ValueError(f"interval end {end} is not after its start {start}")
@@ -257,7 +253,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
     if expected != got:
         raise DatabaseError(f"run {plan.run_id}: chunk results {got} do not match the plan {expected}")
     engine = _engine(db_url)
-    now = datetime.now(timezone.utc)
+    now = utc_now()
     model = plan.model
     read = scored = flagged = 0
     skipped: Counter[str] = Counter()
@@ -294,7 +290,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
                 threshold=model.threshold, operating_point=model.operating_point, reviews_read=read, reviews_scored=scored,
                 reviews_skipped=sum(skipped.values()), reviews_flagged=flagged,
                 skip_reasons=json.dumps(dict(skipped), sort_keys=True), started_at=now,
-                finished_at=datetime.now(timezone.utc), status="success",
+                finished_at=utc_now(), status="success",
             ))
         recent = _recent_flag_rates(conn, plan.run_id)
     engine.dispose()
@@ -356,11 +352,8 @@ def _check_run_id(conn: Any, run_id: str, start: datetime, end: datetime) -> Non
                        .where(db.scoring_runs.c.run_id == run_id)).first()
     if row is None:
         return
-    def as_utc(moment: datetime) -> datetime:
-        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-    recorded = (as_utc(row[0]), as_utc(row[1]))
-    if recorded != (as_utc(start), as_utc(end)):
+    recorded = (utc(row[0]), utc(row[1]))
+    if recorded != (utc(start), utc(end)):
         raise InputDataError(f"run id {run_id!r} already records the interval [{recorded[0].isoformat()}, "
                              f"{recorded[1].isoformat()}): give this interval its own run id")
 
@@ -479,7 +472,7 @@ def _current(conn: Any) -> tuple[Any, Any]:
 
 def _upsert_scores(conn: Any, plan: RunPlan, now: datetime) -> int:
     """Every current staged row into review_scores; a row already there is rewritten only if its result changed."""
-    insert = _dialect_insert(conn)(db.review_scores)
+    insert = db.dialect_insert(conn)(db.review_scores)
     excluded = insert.excluded
     current = db.review_scores.c
     changed = (
@@ -563,7 +556,7 @@ def _move_queue(conn: Any, plan: RunPlan, now: datetime) -> dict[str, int]:
         literal(threshold, Float), literal("pending", String), literal(now, DateTime(timezone=True)),
         literal(plan.run_id, String), version,
     ).select_from(joined).where(flag)
-    conn.execute(_dialect_insert(conn)(db.moderation_queue).from_select(
+    conn.execute(db.dialect_insert(conn)(db.moderation_queue).from_select(
         ["review_id", "model_version", "score", "threshold", "status", "flagged_at", "run_id", "text_version"], rows
     ).on_conflict_do_nothing(index_elements=["review_id"]))
     return counts
@@ -591,14 +584,6 @@ def _append_events(conn: Any, plan: RunPlan, now: datetime, event: str, status: 
     return int(conn.execute(statement.execution_options(preserve_rowcount=True)).rowcount)
 
 
-def _dialect_insert(conn: Any) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
 def _recent_flag_rates(conn: Any, exclude_run: str) -> list[float]:
     rows = conn.execute(
         select(db.scoring_runs.c.reviews_flagged, db.scoring_runs.c.reviews_scored)
@@ -617,7 +602,7 @@ def run_nightly(db_url: str | None, start: datetime, end: datetime, run_id: str 
     """The whole nightly job without Airflow: plan, score every chunk, publish (chunk files removed after)."""
     from moderation.scoring import load_scorer
 
-    start, end = as_utc(start), as_utc(end)  # one interval, one label, whatever zone it was given in
+    start, end = utc(start), utc(end)  # one interval, one label, whatever zone it was given in
     run_id = run_id or f"cli__{start.isoformat()}__{end.isoformat()}"
     plan = plan_run(db_url, run_id, start, end, chunk_size, threshold, max_reviews=max_reviews,
                     operating_point=operating_point)
