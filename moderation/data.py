@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from moderation.errors import NOT_UTF8_HINT, InputDataError
+from moderation.reading import file_kind
 
 TEXT_COLUMN = "text"
 
@@ -37,28 +38,24 @@ def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFra
     path = Path(path)
     if path.is_dir():
         raise InputDataError(f"{path} is a directory, not a review file")
-    if not path.is_file():
-        raise InputDataError(f"input file not found: {path}")
-    suffix = path.suffix.lower()
+    kind = file_kind(path)
     try:
-        if suffix == ".parquet":
+        if kind == "parquet":
             return pd.read_parquet(path, columns=columns)
-        if suffix in {".tsv", ".txt"}:
+        if kind == "tsv":
             return _check_utf8(_read_tsv(path), path)
-        if suffix == ".csv":
-            # Invalid UTF-8 is repaired (U+FFFD), as `reviews import` does; a BOM is dropped.
-            frame = pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
-                                encoding="utf-8-sig", encoding_errors="replace")
-            if len(frame.columns) == 1 and TEXT_COLUMN not in frame.columns:
-                hint = _separator_hint(path)
-                if hint:
-                    raise InputDataError(f"cannot read {path}: {hint}")
-            return _check_utf8(frame, path)
+        # CSV: invalid UTF-8 is repaired (U+FFFD), as `reviews import` does; a BOM is dropped.
+        frame = pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
+                            encoding="utf-8-sig", encoding_errors="replace")
+        if len(frame.columns) == 1 and TEXT_COLUMN not in frame.columns:
+            hint = _separator_hint(path)
+            if hint:
+                raise InputDataError(f"cannot read {path}: {hint}")
+        return _check_utf8(frame, path)
     except pd.errors.ParserError as exc:
         raise InputDataError(f"cannot read {path}: {_parser_hint(path, exc)}") from None
     except (OSError, ValueError) as exc:
         raise InputDataError(f"cannot read {path}: {exc}") from None
-    raise InputDataError(f"unsupported file type {suffix!r} for {path}: use .parquet, .csv or .tsv")
 
 
 def _parser_hint(path: Path, exc: Exception) -> str:

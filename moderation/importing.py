@@ -52,19 +52,17 @@ from sqlalchemy import ARRAY, BigInteger, Connection, Engine, any_, bindparam, i
 from moderation import db
 from moderation.errors import NOT_UTF8_HINT, DatabaseError, InputDataError
 from moderation.progress import progress as progress_bar
+from moderation.reading import INTEGER, MAX_BIGINT, MAX_REJECTIONS_KEPT, Rejection, file_kind
 from moderation.timeutil import utc, utc_now
 
 #: A text that is only a number.
 _NUMBER_ONLY = re.compile(r"\s*[+-]?\d+(?:[.,]\d+)?\s*")
 
 BATCH_SIZE = 5_000
-#: Rejections kept in the report's list; the count is always exact.
-MAX_REJECTIONS_KEPT = 1_000
 RATING_RANGE = (1, 10)
 STARS_RANGE = (1, 5)
 #: 5-star shop rating -> site's 10-point rating, class by class (see module docstring).
 STARS_TO_TEN = {1: 2, 2: 4, 3: 6, 4: 9, 5: 10}
-MAX_BIGINT = 2**63 - 1
 GENERATED_ID_BASE = 2**62
 
 #: Canonical column <- accepted header names (case-insensitive).
@@ -77,16 +75,7 @@ ALIASES = {
     "label": ("label",),
 }
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """A rejected row of an input file, and why."""
-
-    line: int  # line (CSV/TSV, header included) or row (Parquet), 1-based
-    reason: str
 
 
 @dataclass
@@ -223,18 +212,10 @@ def ingestion_time(review_id: int, now: datetime, spread_days: int | None) -> da
 # --- reading -----------------------------------------------------------------
 
 def _open_source(path: Path) -> _Source:
-    if not path.is_file():
-        raise InputDataError(f"input file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        source = _parquet_source(path)
-    elif suffix == ".csv":
-        source = _csv_source(path)
-    elif suffix in {".tsv", ".txt"}:
-        source = _tsv_source(path)
-    else:
-        raise InputDataError(f"unsupported file type {suffix!r} for {path}: use .parquet, .csv or .tsv")
-    return source
+    kind = file_kind(path)
+    if kind == "parquet":
+        return _parquet_source(path)
+    return _csv_source(path) if kind == "csv" else _tsv_source(path)
 
 
 def _resolve(names: list[str], path: Path) -> dict[str, int]:
@@ -418,7 +399,7 @@ def _integer(value: Any, name: str) -> int | None:
         stripped = value.strip()
         if not stripped:
             return None
-        if _INTEGER.fullmatch(stripped):
+        if INTEGER.fullmatch(stripped):
             return int(stripped)
     raise _Bad(f"{name} {_short(value)} is not an integer")
 

@@ -6,15 +6,13 @@ Every moderator decision becomes a label in ``review_labels`` with source
 :func:`labelled_snapshot` merges them for retraining, the moderator's word
 winning over an import, an import over a rating.
 
-Times are stored in UTC (:mod:`moderation.timeutil`). Every statement is
-SQLAlchemy Core with bound parameters.
+Every statement is SQLAlchemy Core with bound parameters.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +24,7 @@ from sqlalchemy import Connection, Engine, case, func, literal, or_, select
 from moderation import db
 from moderation.data import rating_bands
 from moderation.errors import InputDataError
-from moderation.importing import Rejection
+from moderation.reading import INTEGER, MAX_BIGINT, MAX_REJECTIONS_KEPT, Rejection, file_kind
 from moderation.timeutil import utc_now
 
 log = logging.getLogger(__name__)
@@ -35,9 +33,6 @@ log = logging.getLogger(__name__)
 SOURCE_RANK = {"moderator": 0, "import": 1, "rating": 2}
 #: Label words accepted in files besides 0/1 (1 = negative).
 LABEL_WORDS = {"negative": 1, "positive": 0, "neg": 1, "pos": 0, "부정": 1, "긍정": 0}
-MAX_REJECTIONS_KEPT = 1_000
-MAX_BIGINT = 2**63 - 1
-_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def upsert_labels(conn: Connection, rows: list[dict[str, Any]], only_changed: bool) -> None:
@@ -115,14 +110,10 @@ def import_labels(engine: Engine, path: Path | str) -> LabelImportReport:
 
 
 def _open_labels(path: Path) -> _LabelSource:
-    if not path.is_file():
-        raise InputDataError(f"input file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
+    kind = file_kind(path)
+    if kind == "parquet":
         return _parquet_labels(path)
-    if suffix in {".csv", ".tsv", ".txt"}:
-        return _delimited_labels(path, "," if suffix == ".csv" else "\t")
-    raise InputDataError(f"unsupported file type {suffix!r} for {path}: use .parquet, .csv or .tsv")
+    return _delimited_labels(path, "," if kind == "csv" else "\t")
 
 
 def _label_columns(names: list[str], path: Path) -> tuple[int, int, bool]:
@@ -206,7 +197,7 @@ def _review_id(value: Any) -> int:
         number = value
     else:
         text = str(value).strip() if value is not None else ""
-        if not _INTEGER.fullmatch(text):
+        if not INTEGER.fullmatch(text):
             raise ValueError(f"review_id is not an integer: {str(value)[:40]!r}")
         number = int(text)
     if not 0 <= number <= MAX_BIGINT:

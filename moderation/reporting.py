@@ -1,7 +1,6 @@
 """Reports for moderators: how the model's flags fare, per nightly run and over the runs.
 
-Times are stored in UTC (:mod:`moderation.timeutil`). Every statement is
-SQLAlchemy Core with bound parameters.
+Run intervals and times are read back as UTC (:mod:`moderation.timeutil`).
 """
 
 from __future__ import annotations
