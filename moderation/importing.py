@@ -52,7 +52,7 @@ from sqlalchemy import ARRAY, BigInteger, Connection, Engine, any_, bindparam, i
 from moderation import db
 from moderation.errors import NOT_UTF8_HINT, DatabaseError, InputDataError
 from moderation.progress import progress as progress_bar
-from moderation.reading import INTEGER, MAX_BIGINT, MAX_REJECTIONS_KEPT, Rejection, file_kind
+from moderation.reading import INTEGER, MAX_BIGINT, Rejecting, Rejection, file_kind
 from moderation.timeutil import utc, utc_now
 
 #: A text that is only a number.
@@ -79,7 +79,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
-class ImportReport:
+class ImportReport(Rejecting):
     path: str
     source_format: str  # parquet, csv, tsv, nsmc or shopping
     unit: str = "line"  # what Rejection.line counts: "line" or "row"
@@ -91,11 +91,6 @@ class ImportReport:
     repaired: int = 0  # kept after removing NULs or replacing lone surrogates
     rejections: list[Rejection] = field(default_factory=list)
     seconds: float = 0.0
-
-    def reject(self, line: int, reason: str) -> None:
-        self.rejected += 1
-        if len(self.rejections) < MAX_REJECTIONS_KEPT:
-            self.rejections.append(Rejection(line, reason))
 
     def summary(self, first: int = 5) -> str:
         """One line for a log or a terminal; names the first rejected lines."""

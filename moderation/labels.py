@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine, case, func, literal, or_, select
 from moderation import db
 from moderation.data import rating_bands
 from moderation.errors import InputDataError
-from moderation.reading import INTEGER, MAX_BIGINT, MAX_REJECTIONS_KEPT, Rejection, file_kind
+from moderation.reading import INTEGER, MAX_BIGINT, Rejecting, Rejection, file_kind
 from moderation.timeutil import utc_now
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def upsert_labels(conn: Connection, rows: list[dict[str, Any]], only_changed: bo
 
 
 @dataclass
-class LabelImportReport:
+class LabelImportReport(Rejecting):
     """What ``labels import`` did; rejected rows are named, never silently dropped."""
 
     path: str
@@ -66,11 +66,6 @@ class LabelImportReport:
     unchanged: int = 0
     rejected: int = 0
     rejections: list[Rejection] = field(default_factory=list)
-
-    def reject(self, line: int, reason: str) -> None:
-        self.rejected += 1
-        if len(self.rejections) < MAX_REJECTIONS_KEPT:
-            self.rejections.append(Rejection(line, reason))
 
     def summary(self) -> str:
         return (f"{self.path} ({self.source_format}): {self.rows_read} rows read, {self.loaded} labels loaded, "

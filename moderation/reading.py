@@ -30,6 +30,18 @@ class Rejection:
     reason: str
 
 
+class Rejecting:
+    """What an import report adds to its own fields: a rejection counted, and kept while the list is short."""
+
+    rejected: int
+    rejections: list[Rejection]
+
+    def reject(self, line: int, reason: str) -> None:
+        self.rejected += 1
+        if len(self.rejections) < MAX_REJECTIONS_KEPT:
+            self.rejections.append(Rejection(line, reason))
+
+
 def file_kind(path: Path) -> str:
     """``parquet``, ``csv`` or ``tsv`` (.tsv or .txt), by extension; a missing file or another type is refused."""
     if not path.is_file():
