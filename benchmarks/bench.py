@@ -596,7 +596,7 @@ def load_reviews(url: str, sample: pd.DataFrame, model_dir: Path) -> float:
     from sqlalchemy import text
 
     from moderation import db
-    from moderation.pipeline import register_model
+    from moderation.registry import register_model
 
     started = time.perf_counter()
     engine = db.make_engine(url)

@@ -74,9 +74,9 @@ def train_candidate(snapshot: dict[str, Any]) -> dict[str, Any]:
 @task
 def evaluate(snapshot: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
     """Candidate and active model on the same held-out labels."""
-    from moderation import airflow_support, db, pipeline, retraining
+    from moderation import airflow_support, db, registry, retraining
 
-    active = pipeline.active_model(db.make_engine(airflow_support.reviews_db_url()))
+    active = registry.active_model(db.make_engine(airflow_support.reviews_db_url()))
     evaluation = retraining.evaluate_models(snapshot, candidate, active.path, _params())
     evaluation["active_version"] = active.version
     return evaluation

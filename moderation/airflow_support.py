@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from moderation.timeutil import utc, utc_now
+
 #: Airflow Connection id of the reviews database (env: ``AIRFLOW_CONN_REVIEWS_DB``).
 REVIEWS_CONN_ID = "reviews_db"
 
@@ -147,17 +149,17 @@ def interval_from_context(context: Mapping[str, Any]) -> tuple[datetime, datetim
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     if start is None or end is None or end <= start:
         dag_run = context.get("dag_run")
-        run_after = getattr(dag_run, "run_after", None) or datetime.now(timezone.utc)
+        run_after = getattr(dag_run, "run_after", None) or utc_now()
         end = run_after
         start = end - NIGHTLY_INTERVAL
     return _as_utc(start), _as_utc(end)
 
 
 def _as_utc(moment: datetime) -> datetime:
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    utc = moment.astimezone(timezone.utc)
-    return datetime(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond,
-                    tzinfo=timezone.utc)  # a plain datetime, not pendulum: isoformat() round-trips in XCom
+    """:func:`moderation.timeutil.utc` as a plain datetime, not pendulum: isoformat() round-trips in XCom."""
+    moment = utc(moment)
+    return datetime(moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second,
+                    moment.microsecond, tzinfo=timezone.utc)
 
 
 def chunk_results(results: Any) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from moderation.errors import NOT_UTF8_HINT, InputDataError
+from moderation.reading import file_kind
 
 TEXT_COLUMN = "text"
 
@@ -37,28 +38,24 @@ def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFra
     path = Path(path)
     if path.is_dir():
         raise InputDataError(f"{path} is a directory, not a review file")
-    if not path.is_file():
-        raise InputDataError(f"input file not found: {path}")
-    suffix = path.suffix.lower()
+    kind = file_kind(path)
     try:
-        if suffix == ".parquet":
+        if kind == "parquet":
             return pd.read_parquet(path, columns=columns)
-        if suffix in {".tsv", ".txt"}:
+        if kind == "tsv":
             return _check_utf8(_read_tsv(path), path)
-        if suffix == ".csv":
-            # Invalid UTF-8 is repaired (U+FFFD), as `reviews import` does; a BOM is dropped.
-            frame = pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
-                                encoding="utf-8-sig", encoding_errors="replace")
-            if len(frame.columns) == 1 and TEXT_COLUMN not in frame.columns:
-                hint = _separator_hint(path)
-                if hint:
-                    raise InputDataError(f"cannot read {path}: {hint}")
-            return _check_utf8(frame, path)
+        # CSV: invalid UTF-8 is repaired (U+FFFD), as `reviews import` does; a BOM is dropped.
+        frame = pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
+                            encoding="utf-8-sig", encoding_errors="replace")
+        if len(frame.columns) == 1 and TEXT_COLUMN not in frame.columns:
+            hint = _separator_hint(path)
+            if hint:
+                raise InputDataError(f"cannot read {path}: {hint}")
+        return _check_utf8(frame, path)
     except pd.errors.ParserError as exc:
         raise InputDataError(f"cannot read {path}: {_parser_hint(path, exc)}") from None
     except (OSError, ValueError) as exc:
         raise InputDataError(f"cannot read {path}: {exc}") from None
-    raise InputDataError(f"unsupported file type {suffix!r} for {path}: use .parquet, .csv or .tsv")
 
 
 def _parser_hint(path: Path, exc: Exception) -> str:
@@ -140,15 +137,23 @@ def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> Non
         raise InputDataError(f"{source} has no column {', '.join(missing)} (columns: {', '.join(map(str, frame.columns))})")
 
 
+#: Rating bands per scale: (negative low, negative high, positive low, positive high), inclusive.
+#: The middle (5-8 of 10, 3 of 5) is ambiguous and left unlabelled.
+RATING_BANDS = {10: (1, 4, 9, 10), 5: (1, 2, 4, 5)}
+
+
+def rating_bands(scale: int) -> tuple[int, int, int, int]:
+    """The bands of a 5- or 10-point scale; any other scale is refused."""
+    if scale not in RATING_BANDS:
+        raise InputDataError(f"rating scale must be 5 or 10, not {scale}")
+    return RATING_BANDS[scale]
+
+
 def labels_from_ratings(ratings: pd.Series, scale: int = 10) -> pd.Series:
     """1 = negative, 0 = positive, NA = ambiguous middle, per the scale's convention."""
+    neg_low, neg_high, pos_low, pos_high = rating_bands(scale)
     r = pd.to_numeric(ratings, errors="coerce")
-    if scale == 10:
-        negative, positive = r.between(1, 4), r.between(9, 10)
-    elif scale == 5:
-        negative, positive = r.between(1, 2), r.between(4, 5)
-    else:
-        raise InputDataError(f"rating scale must be 5 or 10, not {scale}")
+    negative, positive = r.between(neg_low, neg_high), r.between(pos_low, pos_high)
     labels = pd.Series(pd.NA, index=r.index, dtype="Int8")
     labels[negative] = 1
     labels[positive] = 0

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -262,3 +264,31 @@ def activate_only(conn: Connection, version: str) -> None:
     conn.execute(model_versions.update().where(model_versions.c.is_active.is_(True),
                                                model_versions.c.version != version).values(is_active=False))
     conn.execute(model_versions.update().where(model_versions.c.version == version).values(is_active=True))
+
+
+#: Ids per ``IN (...)`` list: well inside both databases' bound-parameter limits.
+IN_BATCH = 5_000
+
+
+def batches(values: Sequence[Any], size: int = IN_BATCH) -> Iterator[Sequence[Any]]:
+    """``values`` in slices of at most ``size``."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def dialect_insert(conn: Connection) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_update`` on both databases."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def require_tables(conn: Connection, *tables: Table) -> None:
+    """Say `run moderation db init` rather than a driver's 'no such table'."""
+    inspector = inspect(conn)
+    missing = [t.name for t in tables if not inspector.has_table(t.name)]
+    if missing:
+        where = conn.engine.url.render_as_string(hide_password=True)
+        raise DatabaseError(f"database {where} has no {', '.join(missing)} table: run `moderation db init` first")

@@ -3,6 +3,11 @@ the DAG tasks can turn them into one clear line instead of a traceback."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+#: How many ids an error line names before it says how many more.
+MAX_IDS_NAMED = 10
+
 
 class ModerationError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -35,3 +40,11 @@ class SettingError(ModerationError, ValueError):
 #: What to say about a review file whose every text had bytes that are not UTF-8.
 NOT_UTF8_HINT = ("is it a Korean file saved as CP949/EUC-KR? convert it to UTF-8 first, "
                  "e.g. iconv -f cp949 -t utf-8 IN > OUT")
+
+
+def name_ids(ids: Iterable[int]) -> str:
+    """The first few ids and how many more: an error line must stay one line."""
+    ordered = sorted(ids)
+    shown = ", ".join(str(i) for i in ordered[:MAX_IDS_NAMED])
+    more = len(ordered) - MAX_IDS_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")

@@ -52,18 +52,17 @@ from sqlalchemy import ARRAY, BigInteger, Connection, Engine, any_, bindparam, i
 from moderation import db
 from moderation.errors import NOT_UTF8_HINT, DatabaseError, InputDataError
 from moderation.progress import progress as progress_bar
+from moderation.reading import INTEGER, MAX_BIGINT, Rejecting, Rejection, file_kind
+from moderation.timeutil import utc, utc_now
 
 #: A text that is only a number.
 _NUMBER_ONLY = re.compile(r"\s*[+-]?\d+(?:[.,]\d+)?\s*")
 
 BATCH_SIZE = 5_000
-#: Rejections kept in the report's list; the count is always exact.
-MAX_REJECTIONS_KEPT = 1_000
 RATING_RANGE = (1, 10)
 STARS_RANGE = (1, 5)
 #: 5-star shop rating -> site's 10-point rating, class by class (see module docstring).
 STARS_TO_TEN = {1: 2, 2: 4, 3: 6, 4: 9, 5: 10}
-MAX_BIGINT = 2**63 - 1
 GENERATED_ID_BASE = 2**62
 
 #: Canonical column <- accepted header names (case-insensitive).
@@ -76,18 +75,11 @@ ALIASES = {
     "label": ("label",),
 }
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-@dataclass(frozen=True)
-class Rejection:
-    line: int  # line (CSV/TSV) or row (Parquet) number, 1-based
-    reason: str
-
-
 @dataclass
-class ImportReport:
+class ImportReport(Rejecting):
     path: str
     source_format: str  # parquet, csv, tsv, nsmc or shopping
     unit: str = "line"  # what Rejection.line counts: "line" or "row"
@@ -99,11 +91,6 @@ class ImportReport:
     repaired: int = 0  # kept after removing NULs or replacing lone surrogates
     rejections: list[Rejection] = field(default_factory=list)
     seconds: float = 0.0
-
-    def reject(self, line: int, reason: str) -> None:
-        self.rejected += 1
-        if len(self.rejections) < MAX_REJECTIONS_KEPT:
-            self.rejections.append(Rejection(line, reason))
 
     def summary(self, first: int = 5) -> str:
         """One line for a log or a terminal; names the first rejected lines."""
@@ -156,7 +143,7 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
     path = Path(path)
     if spread_days is not None and spread_days < 1:
         raise InputDataError(f"spread days must be at least 1, not {spread_days}")
-    now = _utc(now) if now is not None else datetime.now(timezone.utc)
+    now = utc(now) if now is not None else utc_now()
     source = _open_source(path)
     report = ImportReport(path=str(path), source_format=source.fmt, unit=source.unit)
     seen: dict[int, int] = {}
@@ -220,18 +207,10 @@ def ingestion_time(review_id: int, now: datetime, spread_days: int | None) -> da
 # --- reading -----------------------------------------------------------------
 
 def _open_source(path: Path) -> _Source:
-    if not path.is_file():
-        raise InputDataError(f"input file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        source = _parquet_source(path)
-    elif suffix == ".csv":
-        source = _csv_source(path)
-    elif suffix in {".tsv", ".txt"}:
-        source = _tsv_source(path)
-    else:
-        raise InputDataError(f"unsupported file type {suffix!r} for {path}: use .parquet, .csv or .tsv")
-    return source
+    kind = file_kind(path)
+    if kind == "parquet":
+        return _parquet_source(path)
+    return _csv_source(path) if kind == "csv" else _tsv_source(path)
 
 
 def _resolve(names: list[str], path: Path) -> dict[str, int]:
@@ -415,7 +394,7 @@ def _integer(value: Any, name: str) -> int | None:
         stripped = value.strip()
         if not stripped:
             return None
-        if _INTEGER.fullmatch(stripped):
+        if INTEGER.fullmatch(stripped):
             return int(stripped)
     raise _Bad(f"{name} {_short(value)} is not an integer")
 
@@ -425,7 +404,7 @@ def _timestamp(value: Any) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return _utc(value)
+        return utc(value)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
     if isinstance(value, str):
@@ -433,7 +412,7 @@ def _timestamp(value: Any) -> datetime | None:
         if not stripped:
             return None
         try:
-            return _utc(datetime.fromisoformat(stripped))
+            return utc(datetime.fromisoformat(stripped))
         except ValueError:
             pass
     raise _Bad(f"created_at {_short(value)} is not an ISO date")
@@ -452,10 +431,6 @@ def _clean_text(value: Any) -> tuple[str | None, bool]:
 def _short(value: Any) -> str:
     shown = repr(value)
     return shown if len(shown) <= 40 else shown[:37] + "..."
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 # --- writing -----------------------------------------------------------------
@@ -485,7 +460,7 @@ def _write_batch(conn: Connection, batch: list[_Row], now: datetime, spread_days
             values["product_id"] = row.product_id if row.product_id is not None else 0
             report.loaded += 1
         else:
-            old_created = _utc(old.created_at) if old.created_at is not None else None
+            old_created = utc(old.created_at) if old.created_at is not None else None
             # Never erase: what this file does not know, the table keeps.
             if row.product_id is None:
                 values["product_id"] = old.product_id

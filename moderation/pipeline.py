@@ -33,7 +33,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,10 @@ from sqlalchemy import (
 )
 
 from moderation import config, db, migrations
-from moderation.errors import DatabaseError, InputDataError, ModelBundleError
-from moderation.model import (bundle_fingerprint, check_one_threshold_choice, check_threshold, choose_threshold,
-                              verify_bundle)
+from moderation.errors import DatabaseError, InputDataError
+from moderation.model import check_one_threshold_choice
+from moderation.registry import ModelChoice, active_model
+from moderation.timeutil import utc, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +89,6 @@ _staging = Table(
 RATE_HISTORY = 7
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    version: str
-    path: str
-    threshold: float
-    #: The card's named point the threshold is (``default``: the card's own); None: a raw threshold override.
-    operating_point: str | None = None
-
-
 @dataclass
 class RunPlan:
     run_id: str
@@ -116,96 +108,6 @@ def run_dir(run_id: str, base: Path | None = None) -> Path:
     """Folder for one run's chunk files; the run id made safe for a path."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
     return (base or config.data_dir() / "runs") / safe
-
-
-def active_model(engine: Engine, threshold: float | None = None, operating_point: str | None = None) -> ModelChoice:
-    """The active row of ``model_versions``, else the shipped model (registered then), and the threshold to use.
-
-    ``operating_point`` names a point of the active model's card (``likely``,
-    ``steam:likely``, ``default``); ``threshold`` overrides the card with a
-    number; at most one of them. Only the card is read (no TensorFlow).
-    """
-    if threshold is not None:
-        check_threshold(threshold, "threshold override")
-    check_one_threshold_choice(threshold, operating_point)
-    m = db.model_versions.c
-    with db.translate_errors(engine), engine.connect() as conn:
-        row = conn.execute(select(m.version, m.path, m.threshold, m.fingerprint).where(m.is_active.is_(True))).first()
-    if row is None:
-        card = register_model(engine, config.default_model_dir(), activate=True)
-        row = (card.version, str(config.default_model_dir()), card.threshold, None)
-    card = verify_registered(engine, row[0], Path(row[1]), row[3])  # fail before any work if broken or swapped
-    chosen, point = choose_threshold(card, threshold, operating_point)
-    if point == "default":
-        chosen = float(row[2])  # the registered threshold: the card's, as the fingerprint guarantees
-    return ModelChoice(version=row[0], path=row[1], threshold=float(chosen), operating_point=point)
-
-
-def verify_registered(engine: Engine, version: str, directory: Path, registered: str | None) -> Any:
-    """The card of a registered model whose directory still holds exactly the registered files.
-
-    A registered model is immutable: scoring under its name must run the
-    network it was registered with. A row without a fingerprint (registered
-    by an earlier release) gets the directory's fingerprint now.
-    """
-    card = verify_bundle(directory)
-    if card.version != version:
-        raise ModelBundleError(f"{directory} now holds model {card.version}, not the registered {version}: "
-                               f"register that directory as a new version")
-    current = bundle_fingerprint(directory)
-    if registered is None:
-        with db.translate_errors(engine), engine.begin() as conn:
-            conn.execute(db.model_versions.update()
-                         .where(db.model_versions.c.version == version, db.model_versions.c.fingerprint.is_(None))
-                         .values(fingerprint=current))
-    elif registered != current:
-        raise ModelBundleError(f"model directory {directory} no longer matches registered model {version} "
-                               f"(its files changed after registration): restore them, or train a new version "
-                               f"and register that")
-    return card
-
-
-def register_model(engine: Engine, directory: Path, activate: bool = False) -> Any:
-    """Insert or refresh a model version from its card; optionally make it the only active one.
-
-    Registering the same files again is harmless; registering different
-    files under a version name already taken is refused.
-    """
-    card = verify_bundle(directory)
-    current = bundle_fingerprint(directory)
-    now = datetime.now(timezone.utc)
-    values = {
-        "version": card.version,
-        "path": str(Path(directory).resolve()),
-        "threshold": card.threshold,
-        "metrics": json.dumps(card.metrics, ensure_ascii=False),
-        "created_at": datetime.fromisoformat(card.created_at),
-        "fingerprint": current,
-    }
-    m = db.model_versions.c
-    with db.translate_errors(engine), engine.begin() as conn:
-        exists = conn.execute(select(m.version, m.fingerprint).where(m.version == card.version)).first()
-        if exists and exists[1] is not None and exists[1] != current:
-            raise ModelBundleError(f"model {card.version} is already registered with other files: a registered "
-                                   f"model cannot change; train under a new name (--out models/NEW-NAME)")
-        if exists:
-            conn.execute(db.model_versions.update().where(m.version == card.version).values(**values))
-        else:
-            conn.execute(db.model_versions.insert().values(**values, registered_at=now, is_active=False))
-        if activate:
-            db.activate_only(conn, card.version)
-    return card
-
-
-def registered_version_at(engine: Engine, directory: Path) -> str | None:
-    """The version registered from ``directory`` (by its path), or None; a database without the table has none."""
-    from sqlalchemy import inspect
-
-    with db.translate_errors(engine), engine.connect() as conn:
-        if not inspect(conn).has_table(db.model_versions.name):
-            return None
-        m = db.model_versions.c
-        return conn.execute(select(m.version).where(m.path == str(Path(directory).resolve())).limit(1)).scalar()
 
 
 def _engine(db_url: str | None) -> Engine:
@@ -230,11 +132,6 @@ def needs_score(model_version: str) -> Any:
                            s.text_version == r.text_version)
 
 
-def as_utc(moment: datetime) -> datetime:
-    """An aware time in UTC (a naive one is taken as UTC): SQLite compares stored UTC text, not instants."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
 def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
              chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
              max_reviews: int = MAX_REVIEWS_PER_RUN, operating_point: str | None = None) -> RunPlan:
@@ -245,7 +142,7 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
     them by review id when there are more. ``threshold`` or ``operating_point``
     (not both) choose the threshold, as in :func:`active_model`.
     """
-    start, end = as_utc(start), as_utc(end)
+    start, end = utc(start), utc(end)
     check_one_threshold_choice(threshold, operating_point)
     if end <= start:
         raise ValueError(f"interval end {end} is not after its start {start}")
@@ -356,7 +253,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
     if expected != got:
         raise DatabaseError(f"run {plan.run_id}: chunk results {got} do not match the plan {expected}")
     engine = _engine(db_url)
-    now = datetime.now(timezone.utc)
+    now = utc_now()
     model = plan.model
     read = scored = flagged = 0
     skipped: Counter[str] = Counter()
@@ -393,7 +290,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
                 threshold=model.threshold, operating_point=model.operating_point, reviews_read=read, reviews_scored=scored,
                 reviews_skipped=sum(skipped.values()), reviews_flagged=flagged,
                 skip_reasons=json.dumps(dict(skipped), sort_keys=True), started_at=now,
-                finished_at=datetime.now(timezone.utc), status="success",
+                finished_at=utc_now(), status="success",
             ))
         recent = _recent_flag_rates(conn, plan.run_id)
     engine.dispose()
@@ -455,11 +352,8 @@ def _check_run_id(conn: Any, run_id: str, start: datetime, end: datetime) -> Non
                        .where(db.scoring_runs.c.run_id == run_id)).first()
     if row is None:
         return
-    def as_utc(moment: datetime) -> datetime:
-        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-    recorded = (as_utc(row[0]), as_utc(row[1]))
-    if recorded != (as_utc(start), as_utc(end)):
+    recorded = (utc(row[0]), utc(row[1]))
+    if recorded != (utc(start), utc(end)):
         raise InputDataError(f"run id {run_id!r} already records the interval [{recorded[0].isoformat()}, "
                              f"{recorded[1].isoformat()}): give this interval its own run id")
 
@@ -578,7 +472,7 @@ def _current(conn: Any) -> tuple[Any, Any]:
 
 def _upsert_scores(conn: Any, plan: RunPlan, now: datetime) -> int:
     """Every current staged row into review_scores; a row already there is rewritten only if its result changed."""
-    insert = _dialect_insert(conn)(db.review_scores)
+    insert = db.dialect_insert(conn)(db.review_scores)
     excluded = insert.excluded
     current = db.review_scores.c
     changed = (
@@ -662,7 +556,7 @@ def _move_queue(conn: Any, plan: RunPlan, now: datetime) -> dict[str, int]:
         literal(threshold, Float), literal("pending", String), literal(now, DateTime(timezone=True)),
         literal(plan.run_id, String), version,
     ).select_from(joined).where(flag)
-    conn.execute(_dialect_insert(conn)(db.moderation_queue).from_select(
+    conn.execute(db.dialect_insert(conn)(db.moderation_queue).from_select(
         ["review_id", "model_version", "score", "threshold", "status", "flagged_at", "run_id", "text_version"], rows
     ).on_conflict_do_nothing(index_elements=["review_id"]))
     return counts
@@ -690,14 +584,6 @@ def _append_events(conn: Any, plan: RunPlan, now: datetime, event: str, status: 
     return int(conn.execute(statement.execution_options(preserve_rowcount=True)).rowcount)
 
 
-def _dialect_insert(conn: Any) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
 def _recent_flag_rates(conn: Any, exclude_run: str) -> list[float]:
     rows = conn.execute(
         select(db.scoring_runs.c.reviews_flagged, db.scoring_runs.c.reviews_scored)
@@ -716,7 +602,7 @@ def run_nightly(db_url: str | None, start: datetime, end: datetime, run_id: str 
     """The whole nightly job without Airflow: plan, score every chunk, publish (chunk files removed after)."""
     from moderation.scoring import load_scorer
 
-    start, end = as_utc(start), as_utc(end)  # one interval, one label, whatever zone it was given in
+    start, end = utc(start), utc(end)  # one interval, one label, whatever zone it was given in
     run_id = run_id or f"cli__{start.isoformat()}__{end.isoformat()}"
     plan = plan_run(db_url, run_id, start, end, chunk_size, threshold, max_reviews=max_reviews,
                     operating_point=operating_point)

@@ -95,7 +95,7 @@ def snapshot_labels(db_url: str | None, out_dir: Path, params: RetrainingParams)
     model was registered: retraining on the same data again is pointless.
     """
     from moderation.data import fingerprint
-    from moderation.moderators import labelled_snapshot, rating_labels, stored_rating_scale
+    from moderation.labels import labelled_snapshot, rating_labels, stored_rating_scale
 
     engine = db.make_engine(db_url)
     scale: int | None = None
@@ -159,7 +159,7 @@ def warm_start_model(db_url: str | None, params: RetrainingParams) -> dict[str, 
     """The active model to fine-tune (version and path), or None when ``warm_start`` is off."""
     if not params.warm_start:
         return None
-    from moderation.pipeline import active_model
+    from moderation.registry import active_model
 
     engine = db.make_engine(db_url)
     try:
@@ -299,7 +299,7 @@ def promotion_decision(evaluation: dict[str, Any], candidate: dict[str, Any], pa
 def register_and_promote(db_url: str | None, candidate: dict[str, Any], decision: dict[str, Any],
                          evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Register the candidate; make it the active version only when the decision says so."""
-    from moderation.pipeline import register_model
+    from moderation.registry import register_model
 
     engine = db.make_engine(db_url)
     register_model(engine, Path(candidate["path"]), activate=bool(decision["promote"]))

@@ -187,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import shop_reviews  # beside this script
 
-    from moderation import db, pipeline, retraining
+    from moderation import db, registry, retraining
     from moderation.importing import import_reviews
     from moderation.model import read_card
-    from moderation.moderators import import_labels
+    from moderation.labels import import_labels
 
     started = time.perf_counter()
     corpus = args.corpus or shop_reviews.corpus_path()
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     db.init_schema(engine)
     report = import_reviews(engine, shop_file)
     print(report.summary(), file=sys.stderr)
-    pipeline.register_model(engine, args.base_model, activate=True)
+    registry.register_model(engine, args.base_model, activate=True)
     decided = shop.sample(frac=DECIDED_FRACTION, random_state=SEED)[["review_id", "label"]]
     labels_file = work / "decisions.csv"
     decided.to_csv(labels_file, index=False)
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"retraining would end early: {snapshot['reason']}")
     init_from = retraining.warm_start_model(db_url, params)
     candidate = retraining.train_candidate(snapshot, params, models_dir=work / "models", init_from=init_from)
-    active = pipeline.active_model(db.make_engine(db_url))
+    active = registry.active_model(db.make_engine(db_url))
     evaluation = retraining.evaluate_models(snapshot, candidate, active.path, params)
     decision = retraining.promotion_decision(evaluation, candidate, params)
     outcome = retraining.register_and_promote(db_url, candidate, decision, evaluation)

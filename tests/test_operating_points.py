@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import insert, select
 
-from moderation import db, metrics, pipeline
+from moderation import db, metrics, pipeline, registry
 from moderation.cli import main
 from moderation.errors import OperatingPointError
 from moderation.model import ModelCard, choose_threshold, read_card
@@ -180,7 +180,7 @@ def _runs(engine: Any) -> dict[str, tuple[Any, float]]:
 
 def test_score_records_the_operating_point_of_each_run(engine: Any, any_db_url: str, pointed_model_dir: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    pipeline.register_model(engine, pointed_model_dir, activate=True)
+    registry.register_model(engine, pointed_model_dir, activate=True)
     days = [NIGHT + timedelta(days=i) for i in range(3)]
     _reviews(engine, 12, NIGHT)  # the first run scores them all: work is chosen by state
     argv = [["--operating-point", "likely"], ["--threshold", "0.5"], []]
@@ -204,7 +204,7 @@ def test_score_records_the_operating_point_of_each_run(engine: Any, any_db_url: 
 
 def test_an_unknown_point_fails_the_run_before_any_work(engine: Any, any_db_url: str, pointed_model_dir: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    pipeline.register_model(engine, pointed_model_dir, activate=True)
+    registry.register_model(engine, pointed_model_dir, activate=True)
     _reviews(engine, 4, NIGHT)
     end = (NIGHT + timedelta(days=1)).isoformat()
     assert main(["score", "--db", any_db_url, "--start", NIGHT.isoformat(), "--end", end,
@@ -222,7 +222,7 @@ def test_an_unknown_point_fails_the_run_before_any_work(engine: Any, any_db_url:
 
 def test_a_plan_from_an_earlier_release_publishes_without_a_point(engine: Any, any_db_url: str,
                                                                   pointed_model_dir: Path) -> None:
-    pipeline.register_model(engine, pointed_model_dir, activate=True)
+    registry.register_model(engine, pointed_model_dir, activate=True)
     plan = pipeline.plan_run(any_db_url, "old", NIGHT, NIGHT + timedelta(days=1)).to_xcom()
     del plan["model"]["operating_point"]  # an XCom written before operating points
     summary = pipeline.publish(any_db_url, plan, [])

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select, text
 
-from moderation import db, pipeline
+from moderation import db, pipeline, registry
 from moderation.errors import DatabaseError, ModelBundleError
 
 IMPORTED_AT = datetime(2024, 3, 4, tzinfo=timezone.utc)
@@ -211,7 +211,7 @@ def test_plan_fails_clearly_when_the_database_is_unreachable(url: str, shown: st
     with pytest.raises(DatabaseError, match="is unavailable"):
         pipeline.score_chunk(url, chunk, "unused", Path("unused"), scorer=object())
     plan = pipeline.RunPlan(RUN_ID, INTERVAL[0].isoformat(), INTERVAL[1].isoformat(),
-                            pipeline.ModelChoice("m", "unused", 0.5))
+                            registry.ModelChoice("m", "unused", 0.5))
     with pytest.raises(DatabaseError, match="is unavailable") as caught:
         pipeline.publish(url, plan, [])
     assert "s3cret" not in str(caught.value)
@@ -415,7 +415,7 @@ def test_active_model_broken_after_registration_fails_in_plan(
     model = tmp_path / "registered-model"
     shutil.copytree(tiny_model_dir, model)
     engine = db.make_engine(any_db_url)
-    pipeline.register_model(engine, model, activate=True)
+    registry.register_model(engine, model, activate=True)
     engine.dispose()
     registered = rows(any_db_url, db.model_versions)
     named = _break(model, fault)

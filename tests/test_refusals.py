@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import insert, select, update
 
-from moderation import db, pipeline
+from moderation import db, pipeline, registry
 from moderation.cli import main
 from moderation.errors import InputDataError, ModelBundleError, ModerationError
 from moderation.model import CARD_FILE, ModelCard, bundle_fingerprint, read_card
@@ -226,7 +226,7 @@ def test_train_replaces_only_an_unregistered_model_and_prints_json_only(sample_p
     assert read_card(out).version == "again"
     engine = db.make_engine(url)
     db.init_schema(engine)
-    pipeline.register_model(engine, out)
+    registry.register_model(engine, out)
     engine.dispose()
     registered = run_cli(*args, "--replace")
     assert registered.returncode == 2
@@ -253,20 +253,20 @@ def test_score_file_repairs_invalid_utf8_and_reports_progress(tiny_model_dir: Pa
 
 def _register_copy(engine: Any, tiny_model_dir: Path, target: Path) -> Path:
     shutil.copytree(tiny_model_dir, target)
-    pipeline.register_model(engine, target, activate=True)
+    registry.register_model(engine, target, activate=True)
     return target
 
 
 def test_a_registered_model_swapped_on_disk_is_refused(engine: Any, any_db_url: str, tiny_model_dir: Path,
                                                        tmp_path: Path) -> None:
     model = _register_copy(engine, tiny_model_dir, tmp_path / "tiny-model")
-    assert pipeline.active_model(engine).version == "tiny-model"
+    assert registry.active_model(engine).version == "tiny-model"
     card = json.loads((model / CARD_FILE).read_text(encoding="utf-8"))
     (model / CARD_FILE).write_text(json.dumps({**card, "threshold": 0.42}), encoding="utf-8")  # valid, but not it
     with pytest.raises(ModelBundleError, match="no longer matches registered model tiny-model"):
-        pipeline.active_model(engine)
+        registry.active_model(engine)
     with pytest.raises(ModelBundleError, match="already registered with other files"):
-        pipeline.register_model(engine, model)
+        registry.register_model(engine, model)
     with pytest.raises(ModelBundleError, match="no longer matches"):
         pipeline.plan_run(any_db_url, "r", NIGHT, NIGHT + timedelta(days=1))
     assert main(["models", "list", "--db", any_db_url]) == 0
@@ -277,7 +277,7 @@ def test_a_row_without_fingerprint_is_accepted_and_filled_in(engine: Any, tiny_m
     model = _register_copy(engine, tiny_model_dir, tmp_path / "tiny-model")
     with engine.begin() as conn:
         conn.execute(update(db.model_versions).values(fingerprint=None))
-    assert pipeline.active_model(engine).version == "tiny-model"
+    assert registry.active_model(engine).version == "tiny-model"
     with engine.connect() as conn:
         assert conn.execute(select(db.model_versions.c.fingerprint)).scalar() == bundle_fingerprint(model)
 
@@ -309,7 +309,7 @@ def test_chunk_size_and_run_id_cannot_replace_history(engine: Any, any_db_url: s
     with pytest.raises(InputDataError, match="run id 'night-1' already records the interval"):
         pipeline.plan_run(any_db_url, "night-1", later, later + timedelta(days=1))
     with pytest.raises(ModelBundleError, match="threshold override must be between 0 and 1"):
-        pipeline.active_model(engine, threshold=1.5)
+        registry.active_model(engine, threshold=1.5)
     with engine.connect() as conn:
         row = conn.execute(select(db.scoring_runs.c.reviews_scored, db.scoring_runs.c.interval_start)).one()
     assert row[0] == 100  # the night's record is untouched

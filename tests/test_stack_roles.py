@@ -25,8 +25,9 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import ProgrammingError
 
-from moderation import db, moderators, pipeline, retraining
+from moderation import db, pipeline, retraining
 from moderation.cli import main
+from moderation.queue import events
 
 pytestmark = pytest.mark.postgres
 
@@ -117,7 +118,7 @@ def test_every_job_runs_as_its_deployed_role(stack: dict[str, str], tmp_path: Pa
     summary = pipeline.run_nightly(stack["scorer"], DAY + timedelta(days=1), DAY + timedelta(days=2),
                                    run_id="scheduled__stack_2", threshold=1e-6)
     assert summary["queue_changes"]["re-opened"] == 1
-    assert [e["event"] for e in moderators.events(db.make_engine(stack["moderator"]), [2])] == [
+    assert [e["event"] for e in events(db.make_engine(stack["moderator"]), [2])] == [
         "queued", "decided", "re-opened"]
 
     # Retraining's label snapshot with rating labels, as the scorer (the DAG's connection).

@@ -20,9 +20,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from moderation import db, moderators, pipeline
+from moderation import db, pipeline, registry
 from moderation.cli import main
 from moderation.errors import DatabaseError
+from moderation.labels import labelled_snapshot
+from moderation.queue import decide, events, flagged
+from moderation.reporting import stats
+from moderation.timeutil import utc
 
 DAY0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 EVERYTHING = 1e-6  # every scored review crosses it (thresholds lie strictly between 0 and 1)
@@ -95,7 +99,7 @@ def queue(engine: Engine) -> dict[int, tuple[str, int]]:
 
 
 def history(engine: Engine, review_id: int) -> list[tuple[str, str]]:
-    return [(e["event"], e["status"]) for e in moderators.events(engine, [review_id])]
+    return [(e["event"], e["status"]) for e in events(engine, [review_id])]
 
 
 # --- reviews the clock would miss ------------------------------------------------
@@ -140,15 +144,15 @@ def test_two_missed_nights_with_catchup_off_are_scored_by_the_next_run(engine: E
 def test_edited_reviews_are_rescored_requeued_or_expired_with_their_history(engine: Engine, any_db_url: str) -> None:
     add_reviews(engine, {i: day(0) + timedelta(hours=i) for i in (1, 2, 3, 4)})
     night(any_db_url, 1)
-    moderators.decide(engine, [2], "confirmed", by="kim", note="욕설")
-    moderators.decide(engine, [3], "dismissed", by="lee")
+    decide(engine, [2], "confirmed", by="kim", note="욕설")
+    decide(engine, [3], "dismissed", by="lee")
     edit(engine, [1, 2, 3], "고객센터가 답이 없어요 최악")  # pending, confirmed, dismissed
     with engine.connect() as conn:
         versions = dict(conn.execute(select(db.reviews.c.review_id, db.reviews.c.text_version)).tuples().all())
         shown = dict(conn.execute(text("SELECT review_id, score FROM flagged_reviews")).tuples().all())
     assert versions == {1: 2, 2: 2, 3: 2, 4: 1}  # kept by the database for a plain UPDATE
     assert [shown[i] is None for i in (1, 2, 3, 4)] == [True, True, True, False]  # no old score beside new text
-    listed = {row["review_id"]: row["score"] for row in moderators.flagged(engine, limit=None)}
+    listed = {row["review_id"]: row["score"] for row in flagged(engine, limit=None)}
     assert [listed[i] is None for i in (1, 2, 3, 4)] == [True, True, True, False]  # `moderation flagged` too
 
     summary = night(any_db_url, 2)
@@ -158,9 +162,9 @@ def test_edited_reviews_are_rescored_requeued_or_expired_with_their_history(engi
     assert queue(engine) == {1: ("pending", 2), 2: ("pending", 2), 3: ("pending", 2), 4: ("pending", 1)}
     assert history(engine, 1) == [("queued", "pending"), ("re-scored", "pending")]
     assert history(engine, 2) == [("queued", "pending"), ("decided", "confirmed"), ("re-opened", "pending")]
-    assert moderators.events(engine, [2])[-1]["note"] == "confirmed by kim"
+    assert events(engine, [2])[-1]["note"] == "confirmed by kim"
     # Retraining does not pair kim's and lee's labels with texts they never judged.
-    assert set(moderators.labelled_snapshot(engine)["review_id"]) == set()
+    assert set(labelled_snapshot(engine)["review_id"]) == set()
     assert history(engine, 3) == [("queued", "pending"), ("decided", "dismissed"), ("re-opened", "pending")]
     with engine.connect() as conn:
         shown = dict(conn.execute(text("SELECT review_id, score FROM flagged_reviews")).tuples().all())
@@ -168,8 +172,8 @@ def test_edited_reviews_are_rescored_requeued_or_expired_with_their_history(engi
     assert shown == pytest.approx(scores)  # the view shows the score of the text it shows
 
     # Edited again into something no score reaches: flags expire instead of lingering.
-    moderators.decide(engine, [3], "dismissed", by="lee")
-    assert list(moderators.labelled_snapshot(engine)["review_id"]) == [3]  # judged on its current text
+    decide(engine, [3], "dismissed", by="lee")
+    assert list(labelled_snapshot(engine)["review_id"]) == [3]  # judged on its current text
     edit(engine, [1, 3], "정말 좋아요 또 살게요")
     summary = night(any_db_url, 3, threshold=NOTHING)
     assert summary["queue_changes"]["expired"] == 2
@@ -183,12 +187,12 @@ def test_a_model_promotion_rescores_every_review_and_moves_pending_items_to_it(
         engine: Engine, any_db_url: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     add_reviews(engine, {i: day(0) + timedelta(hours=i) for i in (1, 2, 3)})
     night(any_db_url, 1)
-    moderators.decide(engine, [3], "confirmed", by="kim")
+    decide(engine, [3], "confirmed", by="kim")
     second = tmp_path / "tiny-model-2"
     shutil.copytree(tiny_model_dir, second)
     card = json.loads((second / "card.json").read_text(encoding="utf-8"))
     (second / "card.json").write_text(json.dumps(card | {"version": "tiny-model-2"}), encoding="utf-8")
-    pipeline.register_model(engine, second, activate=True)
+    registry.register_model(engine, second, activate=True)
 
     summary = night(any_db_url, 2)
     assert summary["reviews_read"] == 3
@@ -214,13 +218,13 @@ def test_a_plus_nine_cli_interval_is_the_same_instant_on_both_databases_and_one_
     capsys.readouterr()
     with engine.connect() as conn:
         start, end = conn.execute(select(db.scoring_runs.c.interval_start, db.scoring_runs.c.interval_end)).one()
-    assert (moderators.utc(start), moderators.utc(end)) == (kst_midnight, kst_midnight + timedelta(days=1))
+    assert (utc(start), utc(end)) == (kst_midnight, kst_midnight + timedelta(days=1))
     # Airflow runs the same interval later (in UTC): nothing is left to score, and stats shows one run.
     add_reviews(engine, {3: kst_midnight + timedelta(hours=3)})
     summary = pipeline.run_nightly(any_db_url, kst_midnight, kst_midnight + timedelta(days=1),
                                    run_id="scheduled__2026-01-02T15:00:00+00:00", threshold=EVERYTHING)
     assert summary["reviews_read"] == 1
-    [run] = moderators.stats(engine)["runs"]
+    [run] = stats(engine)["runs"]
     assert run["run_ids"] == ["cli__2026-01-01T15:00:00+00:00__2026-01-02T15:00:00+00:00",
                               "scheduled__2026-01-02T15:00:00+00:00"]
     assert (run["reviews_scored"], run["reviews_flagged"], run["flagged"]) == (3, 3, 3)

@@ -152,7 +152,7 @@ def _registered_at(out: Path, db_url: str | None) -> str | None:
     from sqlalchemy import inspect, select
 
     from moderation import db
-    from moderation.pipeline import registered_version_at
+    from moderation.registry import registered_version_at
 
     resolved = db.resolve_db_url(db_url)
     if resolved.startswith("sqlite:///") and not Path(resolved.removeprefix("sqlite:///")).is_file():

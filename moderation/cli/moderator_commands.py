@@ -168,7 +168,7 @@ def output_format(given: str | None, output: Path | None) -> str:
 
 
 def _flagged(args: argparse.Namespace) -> int:
-    from moderation.moderators import flagged
+    from moderation.queue import flagged
 
     args.format = output_format(args.format, args.output)
     if args.format == "parquet" and args.output is None:
@@ -202,7 +202,7 @@ def _flagged(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace) -> int:
-    from moderation.moderators import decide
+    from moderation.queue import decide
 
     with _engine(args) as engine:
         count = decide(engine, args.review_ids, args.decision, by=args.by, note=args.note)
@@ -213,7 +213,7 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from moderation.moderators import stats
+    from moderation.reporting import stats
 
     with _engine(args) as engine:
         result = stats(engine, since=args.since)
@@ -225,7 +225,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from moderation.moderators import events
+    from moderation.queue import events
 
     if args.limit < 0:
         raise InputDataError(f"--limit must be 0 (all) or more, not {args.limit}")
@@ -243,7 +243,7 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _labels_import(args: argparse.Namespace) -> int:
-    from moderation.moderators import import_labels
+    from moderation.labels import import_labels
 
     input_file(args.file)
     with _engine(args) as engine:
@@ -261,7 +261,7 @@ def _labels_import(args: argparse.Namespace) -> int:
 
 
 def _labels_from_ratings(args: argparse.Namespace) -> int:
-    from moderation.moderators import rating_labels
+    from moderation.labels import rating_labels
 
     with _engine(args) as engine:
         written = rating_labels(engine, scale=args.scale)
@@ -270,7 +270,7 @@ def _labels_from_ratings(args: argparse.Namespace) -> int:
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from moderation.moderators import list_models
+    from moderation.registry import list_models
 
     with _engine(args) as engine:
         models = list_models(engine)
@@ -285,12 +285,11 @@ def _models_list(args: argparse.Namespace) -> int:
 
 def _models_register(args: argparse.Namespace) -> int:
     from moderation import db
-    from moderation.moderators import require_tables
-    from moderation.pipeline import register_model
+    from moderation.registry import register_model
 
     with _engine(args) as engine:
         with db.translate_errors(engine), engine.connect() as conn:
-            require_tables(conn, db.model_versions)
+            db.require_tables(conn, db.model_versions)
         card = register_model(engine, args.directory, activate=args.activate)
     state = "active" if args.activate else "not active"
     points = f"; operating points {', '.join(card.operating_point_names())}" if card.operating_points else ""
@@ -299,7 +298,7 @@ def _models_register(args: argparse.Namespace) -> int:
 
 
 def _models_activate(args: argparse.Namespace) -> int:
-    from moderation.moderators import activate_model
+    from moderation.registry import activate_model
 
     with _engine(args) as engine:
         model = activate_model(engine, args.version)

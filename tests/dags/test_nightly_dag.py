@@ -217,11 +217,11 @@ def test_cli_score_gives_the_same_tables_as_the_dag(
 def test_operating_point_param_is_recorded_and_a_wrong_one_fails_plan(
     sqlite_url: str, nightly_dag: Any, dag_runner: Any, reviews_connection: Any, pointed_model_dir: Path,
 ) -> None:
-    from moderation import pipeline
+    from moderation import registry
 
     engine = db.make_engine(sqlite_url)
     db.init_schema(engine)  # no reviews: each night has nothing to score, so no model loads
-    pipeline.register_model(engine, pointed_model_dir, activate=True)
+    registry.register_model(engine, pointed_model_dir, activate=True)
     engine.dispose()
     reviews_connection(sqlite_url)
     for task in nightly_dag.tasks:

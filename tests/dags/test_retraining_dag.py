@@ -23,7 +23,7 @@ LABELLED_AT = datetime(2030, 1, 1, tzinfo=timezone.utc)  # after the active mode
 def prepare(db_url: str, sample_path: Path, tiny_model_dir: Path) -> None:
     """Reviews, the tiny model as the active version, and moderator labels from the ratings."""
     from moderation.importing import import_reviews
-    from moderation.pipeline import register_model
+    from moderation.registry import register_model
 
     engine = db.make_engine(db_url)
     db.init_schema(engine)
@@ -65,7 +65,7 @@ def prepare_shop(db_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     and moderator decisions on 150 of them (the rest are labelled by their stars only)."""
     import shop_reviews  # scripts/shop_reviews.py (pytest's pythonpath)
     from moderation.importing import import_reviews
-    from moderation.pipeline import register_model
+    from moderation.registry import register_model
 
     rows = shop_reviews.load(SHOP_SAMPLE)
     path = tmp_path / "shop.parquet"
