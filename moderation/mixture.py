@@ -33,8 +33,8 @@ from moderation.data import Split, fingerprint
 from moderation.errors import ModerationError
 from moderation.model import (CURVE_FILE, ModelBundle, ModelCard, bundle_fingerprint, build_model, compile_model,
                               load_bundle, save_bundle)
-from moderation.text import CLEANING_VERSION, KEPT_PUNCTUATION, clean_texts
-from moderation.training import unseen_characters, vary_first_widths
+from moderation.text import CLEANING_VERSION, KEPT_PUNCTUATION
+from moderation.training import cleaned_texts, unseen_characters, vary_first_widths
 from moderation.vocab import CharVocab, EncodedTexts
 
 log = logging.getLogger(__name__)
@@ -158,10 +158,6 @@ class DomainValidation(keras.callbacks.Callback):
               f"selection {logs['val_monitor_auc']:.4f}", file=sys.stderr, flush=True)
 
 
-def _cleaned(frame: pd.DataFrame) -> list[str]:
-    return clean_texts(frame["text"]).fillna("").tolist()
-
-
 def train_mixture(splits: dict[str, Split], out_dir: Path, version: str, config: MixtureConfig,
                   init_from: Path | None = None, source: dict[str, Any] | None = None) -> ModelBundle:
     """Train on every domain's training rows; keep the epoch best on ``config.select_on`` validation.
@@ -176,7 +172,7 @@ def train_mixture(splits: dict[str, Split], out_dir: Path, version: str, config:
     if missing:
         raise ModerationError(f"no rows of {', '.join(missing)} to select the best epoch on")
     keras.utils.set_random_seed(config.seed)
-    train = {d: (_cleaned(s.train), s.train["label"].to_numpy(np.int8)) for d, s in splits.items() if len(s.train)}
+    train = {d: (cleaned_texts(s.train), s.train["label"].to_numpy(np.int8)) for d, s in splits.items() if len(s.train)}
     init: dict[str, Any] | None = None
     if init_from is not None:
         base = load_bundle(init_from)
@@ -192,7 +188,7 @@ def train_mixture(splits: dict[str, Split], out_dir: Path, version: str, config:
         rows = split.validation
         if domain == "movie" and len(rows) > config.movie_validation_rows:
             rows = rows.sample(n=config.movie_validation_rows, random_state=config.seed)
-        validation[domain] = (vocab.encode(_cleaned(rows), config.max_len), rows["label"].to_numpy(np.int8))
+        validation[domain] = (vocab.encode(cleaned_texts(rows), config.max_len), rows["label"].to_numpy(np.int8))
     batches = MixtureBatches(train, vocab, config)
     log.info("training %s on %s rows per epoch, %d batches; %d characters in vocabulary", version,
              config.rows_per_epoch, len(batches), vocab.size)

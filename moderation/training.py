@@ -125,8 +125,8 @@ def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version:
     train = split.train
     if config.max_train_rows and len(train) > config.max_train_rows:
         train = train.sample(n=config.max_train_rows, random_state=config.seed).reset_index(drop=True)
-    train_text = _cleaned(train)
-    val_text = _cleaned(split.validation)
+    train_text = cleaned_texts(train)
+    val_text = cleaned_texts(split.validation)
     unseen: dict[str, Any] | None = None
     if init is None:
         vocab = CharVocab.build(train_text, min_freq=config.min_char_freq)
@@ -286,7 +286,8 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {0: n / (2 * n_pos), 1: n / (2 * n_neg)}
 
 
-def _cleaned(frame: pd.DataFrame) -> list[str]:
+def cleaned_texts(frame: pd.DataFrame) -> list[str]:
+    """A frame's texts cleaned for training: a text with nothing left is an empty string, not a null."""
     return clean_texts(frame["text"]).fillna("").tolist()
 
 
