@@ -46,7 +46,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, Connection, Engine, any_, bindparam, inspect, select
+from sqlalchemy import Connection, Engine, inspect, select
 
 from moderation import db
 from moderation.errors import DatabaseError, InputDataError
@@ -405,7 +405,6 @@ def _short(value: Any) -> str:
 # --- writing -----------------------------------------------------------------
 
 _COLUMNS = ("review_id", "product_id", "rating", "text", "created_at", "ingested_at")
-_STAGE = "import_reviews_stage"
 
 
 def _write_batch(conn: Connection, batch: list[_Row], now: datetime, spread_days: int | None,
@@ -415,11 +414,8 @@ def _write_batch(conn: Connection, batch: list[_Row], now: datetime, spread_days
         return
     t = db.reviews.c
     ids = [row.review_id for row in batch]
-    # PostgreSQL: one array parameter instead of thousands of bound values.
-    wanted = (t.review_id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger)))
-              if conn.dialect.name == "postgresql" else t.review_id.in_(ids))
     stored = {r.review_id: r for r in conn.execute(
-        select(t.review_id, t.product_id, t.rating, t.text, t.created_at).where(wanted))}
+        select(t.review_id, t.product_id, t.rating, t.text, t.created_at).where(db.id_in(conn, t.review_id, ids)))}
     out: list[dict[str, Any]] = []
     for row in batch:
         old = stored.get(row.review_id)
@@ -447,49 +443,10 @@ def _write_batch(conn: Connection, batch: list[_Row], now: datetime, spread_days
     if not out:
         return
     if conn.dialect.name == "postgresql":
-        _copy_upsert(conn, out)
+        db.copy_upsert(conn, db.reviews, "review_id", out)
     else:
-        _executemany_upsert(conn, out)
-
-
-def _executemany_upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(db.reviews)
-    conn.execute(
-        insert.on_conflict_do_update(
+        insert = db.dialect_insert(conn)(db.reviews)
+        conn.execute(insert.on_conflict_do_update(
             index_elements=[db.reviews.c.review_id],
             set_={name: insert.excluded[name] for name in _COLUMNS if name != "review_id"},
-        ),
-        rows,
-    )
-
-
-def _copy_upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL: COPY the batch into a temporary table, then one INSERT ... ON CONFLICT from it."""
-    import psycopg
-
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    columns = ", ".join(_COLUMNS)
-    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in _COLUMNS if name != "review_id")
-    try:
-        _copy_batch(driver, rows, columns, updates)
-    except psycopg.Error as exc:
-        raise DatabaseError(f"database error on {conn.engine.url.render_as_string(hide_password=True)}: "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
-
-
-def _copy_batch(driver: Any, rows: list[dict[str, Any]], columns: str, updates: str) -> None:
-    with driver.cursor() as cursor:
-        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} "
-                       f"(LIKE {db.reviews.name} INCLUDING DEFAULTS) ON COMMIT DROP")
-        cursor.execute(f"TRUNCATE {_STAGE}")
-        with cursor.copy(f"COPY {_STAGE} ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(tuple(row[name] for name in _COLUMNS))
-        cursor.execute(
-            f"INSERT INTO {db.reviews.name} ({columns}) SELECT {columns} FROM {_STAGE} "
-            f"ON CONFLICT (review_id) DO UPDATE SET {updates}"
-        )
+        ), out)
