@@ -178,6 +178,33 @@ def test_bundle_fingerprint_is_the_files_in_name_order(tiny_model_dir: Path) -> 
 # ---------------------------------------------------------------- training data
 
 
+def test_the_base_corpus_is_a_setting_and_a_missing_one_is_refused_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is looked up beside the code: the Param, MODERATION_BASE_CORPUS, else MODERATION_HOME."""
+    from moderation.retraining import RetrainingParams, base_corpus_path
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MODERATION_HOME", str(home))
+    monkeypatch.delenv("MODERATION_BASE_CORPUS", raising=False)
+    RetrainingParams.from_mapping({})  # not asked for: not looked for
+    with pytest.raises(ModerationError, match=rf"not found at {home / 'ko_reviews.parquet'} \(the default under "
+                                              rf"MODERATION_HOME\): set the base_corpus parameter"):
+        RetrainingParams.from_mapping({"include_base_corpus": True})
+    home.mkdir()
+    (home / "ko_reviews.parquet").write_bytes(b"PAR1")  # only found here; read when training
+    assert base_corpus_path() == home / "ko_reviews.parquet"
+    elsewhere = tmp_path / "corpus.parquet"
+    monkeypatch.setenv("MODERATION_BASE_CORPUS", str(elsewhere))
+    with pytest.raises(ModerationError, match="not found at .*corpus.parquet \\(MODERATION_BASE_CORPUS\\)"):
+        base_corpus_path()
+    elsewhere.write_bytes(b"PAR1")
+    assert base_corpus_path() == elsewhere
+    with pytest.raises(ModerationError, match="\\(the base_corpus parameter\\)"):
+        RetrainingParams.from_mapping({"include_base_corpus": True, "base_corpus": str(tmp_path / "nope.parquet")})
+    params = RetrainingParams.from_mapping({"include_base_corpus": True, "base_corpus": str(elsewhere)})
+    assert base_corpus_path(params.base_corpus) == elsewhere
+
+
 def _labelled(tmp_path: Path, negatives: int, positives: int) -> Path:
     texts = [f"최악 배송 {i}" for i in range(negatives)] + [f"좋아요 추천 {i}" for i in range(positives)]
     path = tmp_path / "labelled.csv"
