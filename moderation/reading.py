@@ -108,7 +108,7 @@ def read_parquet_utf8(path: Path, columns: list[str] | None = None) -> tuple[pa.
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=columns)
+    table = pq.read_table(path, columns=columns, use_pandas_metadata=True)  # as pandas.read_parquet reads it
     try:
         table.validate(full=True)
         return table, []
