@@ -128,6 +128,9 @@ def register_and_promote(candidate: dict[str, Any], evaluation: dict[str, Any]) 
                                 description="Sample the training products' rows down to this many (empty: all)"),
         "include_base_corpus": Param(False, type="boolean", title="Include the base corpus",
                                      description="Also train on the shared 640k-review corpus (slow: about 80 s per epoch on 2 cores)"),
+        "base_corpus": Param(None, type=["null", "string"], title="Base corpus file",
+                             description="Parquet file of the base corpus (empty: MODERATION_BASE_CORPUS, else "
+                                         "ko_reviews.parquet under MODERATION_HOME)"),
         "promotion_policy": Param("if_better", type="string", enum=["if_better", "always", "never"],
                                   title="Promotion policy",
                                   description="if_better: promote when held-out ROC-AUC improves by more than the minimum"),

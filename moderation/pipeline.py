@@ -55,7 +55,6 @@ from sqlalchemy import (
     or_,
     literal,
     select,
-    text,
     true,
 )
 
@@ -261,7 +260,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
     if plan.reviews and not plan.chunks:
         raise DatabaseError(f"run {plan.run_id}: the plan has {plan.reviews} reviews but no chunks")
     with db.translate_errors(engine), engine.begin() as conn:
-        _lock_interval(conn, plan)
+        db.lock_interval(conn)
         _check_run_id(conn, plan.run_id, datetime.fromisoformat(plan.interval_start),
                       datetime.fromisoformat(plan.interval_end))
         # A run re-planned with nothing left to do (all scored by its first publish) keeps that publish's record;
@@ -366,14 +365,6 @@ def _as_plan(plan: RunPlan | dict[str, Any]) -> RunPlan:
     return RunPlan(**values)
 
 
-def _lock_interval(conn: Any, plan: RunPlan) -> None:
-    """Serialise publishers: two runs of one interval never interleave their writes."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x5EED_0001})
-    else:  # SQLite: take the write lock now rather than at the first write
-        conn.execute(db.scoring_runs.update().where(db.scoring_runs.c.run_id == "\0lock").values(status="running"))
-
-
 def _read_chunk(plan: RunPlan, path: Path) -> Any:
     """A chunk file as an Arrow table of review_id, score, skip_reason."""
     import pyarrow.parquet as pq
@@ -434,27 +425,13 @@ def _stage_scores(conn: Any, rows: Any, threshold: float) -> dict[str, Any]:
     versions = rows.column("text_version").combine_chunks().cast(pa.int64())
     staged = pa.table({"review_id": ids, "score": score, "skip_reason": reason, "text_version": versions})
     if conn.dialect.name == "postgresql":
-        _copy_into(conn, _staging.name, staged)
+        db.copy_arrow(conn, _staging.name, staged)
     else:
         conn.execute(_staging.insert(), staged.to_pylist())
     skipped = pc.value_counts(reason.drop_null()).to_pylist()
     return {"scored": len(score) - score.null_count,
             "flagged": int(pc.sum(pc.greater_equal(score, threshold)).as_py() or 0),
             "skipped": Counter({item["values"]: item["counts"] for item in skipped})}
-
-
-def _copy_into(conn: Any, table_name: str, rows: Any) -> None:
-    """PostgreSQL's COPY from an Arrow table, written as CSV by Arrow (nulls as empty fields)."""
-    import io
-
-    import pyarrow.csv as pacsv
-
-    buffer = io.BytesIO()
-    pacsv.write_csv(rows, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-    columns = ", ".join(rows.column_names)
-    cursor = conn.connection.driver_connection.cursor()
-    with cursor, cursor.copy(f"COPY {table_name} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-        copy.write(buffer.getvalue())
 
 
 def _current(conn: Any) -> tuple[Any, Any]:

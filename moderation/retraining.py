@@ -56,6 +56,8 @@ class RetrainingParams:
     #: None reads it from the data: 5 when every stored rating is 5 or below, else 10.
     rating_scale: int | None = None
     include_base_corpus: bool = False
+    #: The base corpus's Parquet file; None: ``MODERATION_BASE_CORPUS``, else :func:`default_base_corpus`.
+    base_corpus: str | None = None
     max_train_rows: int | None = None
     promotion_policy: str = "if_better"
     min_improvement: float = 0.0
@@ -79,13 +81,36 @@ class RetrainingParams:
                 and params.validation_fraction + params.holdout_fraction < 1):
             raise ModerationError(f"validation_fraction ({params.validation_fraction}) and holdout_fraction "
                                   f"({params.holdout_fraction}) must be above 0 and leave rows to train on")
+        if params.include_base_corpus:
+            base_corpus_path(params.base_corpus)  # refused now, not after the snapshot
         return params
 
 
-def base_corpus_path() -> Path:
-    """The shared corpus (``MODERATION_BASE_CORPUS`` overrides)."""
-    explicit = os.environ.get("MODERATION_BASE_CORPUS")
-    return Path(explicit) if explicit else config.PROJECT_ROOT.parent / "shared" / "data" / "ko_reviews.parquet"
+BASE_CORPUS_FILE = "ko_reviews.parquet"
+
+
+def default_base_corpus() -> Path:
+    """Where the base corpus is looked for when nothing names it: under the data folder (``MODERATION_HOME``)."""
+    return config.data_dir() / BASE_CORPUS_FILE
+
+
+def base_corpus_path(explicit: str | Path | None = None) -> Path:
+    """The base corpus for ``include_base_corpus``: ``explicit`` (the Param), else ``MODERATION_BASE_CORPUS``,
+    else :func:`default_base_corpus`; a missing file is refused, saying where it was looked for and how to set it.
+
+    The package ships no corpus (640k reviews), so nothing is looked up next to the code.
+    """
+    if explicit:
+        path, source = Path(explicit), "the base_corpus parameter"
+    elif os.environ.get("MODERATION_BASE_CORPUS"):
+        path, source = Path(os.environ["MODERATION_BASE_CORPUS"]), "MODERATION_BASE_CORPUS"
+    else:
+        path, source = default_base_corpus(), "the default under MODERATION_HOME"
+    if not path.is_file():
+        raise ModerationError(f"include_base_corpus needs the base corpus, not found at {path} ({source}): "
+                              f"set the base_corpus parameter or MODERATION_BASE_CORPUS to its Parquet file, "
+                              f"or put it at {default_base_corpus()}")
+    return path
 
 
 def snapshot_labels(db_url: str | None, out_dir: Path, params: RetrainingParams) -> dict[str, Any]:
@@ -193,7 +218,7 @@ def train_candidate(snapshot: dict[str, Any], params: RetrainingParams, models_d
                                   f"rating labels")
     labelled = parts.train
     if params.include_base_corpus:
-        corpus = load_labelled(base_corpus_path())
+        corpus = load_labelled(base_corpus_path(params.base_corpus))
         corpus_split = split_by_group(corpus, validation=0.0, test=0.1, seed=params.seed)
         labelled = pd.concat([labelled, corpus_split.train], ignore_index=True)
     version = version or version_name()

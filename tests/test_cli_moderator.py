@@ -58,6 +58,16 @@ def width(text: str) -> int:
                else 2 if unicodedata.east_asian_width(c) in {"W", "F"} else 1 for c in text)
 
 
+def split_at_column(line: str, column: int) -> tuple[str, str]:
+    """The line cut at a display column; no cut (the whole line, "") when a wide character straddles it."""
+    used = 0
+    for i, char in enumerate(line):
+        if used == column:
+            return line[:i], line[i:]
+        used += width(char)
+    return line, ""
+
+
 def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("moderation ")]
 
@@ -66,7 +76,13 @@ def test_flagged_table_aligns_korean_text(url: str, capsys) -> None:  # type: ig
     assert main(["flagged", "--db", url]) == 0
     lines = capsys.readouterr().out.rstrip("\n").split("\n")
     assert len(lines) == 2 + 5  # header, rule, five reviews
-    assert len({width(line) for line in lines}) == 1, [width(line) for line in lines]
+    rule = lines[1]
+    text_at = width(rule[:rule.rindex(" ") + 1])  # the display column where the last column, text, starts
+    for line in lines:
+        head, tail = split_at_column(line, text_at)
+        assert width(head) == text_at and head.endswith("  ") and tail and not tail.startswith(" "), line
+    # The rule spans the widest line: the text column's width is counted in display columns too.
+    assert max(width(line) for line in lines) == width(rule), [width(line) for line in lines]
     assert lines[0].split()[:2] == ["review_id", "score"]
     assert lines[2].split()[0] == "1"  # highest score first
     long_line = next(line for line in lines if line.split()[0] == "2")

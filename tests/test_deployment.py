@@ -519,6 +519,23 @@ def test_tensorflow_comes_from_exactly_one_extra() -> None:
     assert ".venv-gpu" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
 
 
+def test_the_airflow_metadata_database_drivers_come_from_the_postgres_provider() -> None:
+    """No module imports the PostgreSQL provider, yet it is no dead dependency: Airflow's own metadata
+    database needs psycopg2 (the Compose URL) and asyncpg (Airflow's async engine), which it brings."""
+    import importlib.metadata
+    import tomllib
+
+    assert "postgresql+psycopg2://" in COMPOSE.read_text(encoding="utf-8")
+    requires = importlib.metadata.requires("apache-airflow-providers-postgres") or []
+    unconditional = [r.split(";")[0].strip() for r in requires if "extra ==" not in r]
+    assert any(r.startswith("psycopg2-binary") for r in unconditional), requires
+    assert any(r.startswith("asyncpg") for r in unconditional), requires
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert any(dep.startswith("apache-airflow-providers-postgres") for dep in project["dependencies"])
+    pins = lock_pins(CPU_LOCK)
+    assert {"apache-airflow-providers-postgres", "psycopg2-binary", "asyncpg"} <= set(pins)
+
+
 # ----------------------------------------------------------------------------- set-up scripts
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import sys
+import textwrap
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import wcwidth
 from sqlalchemy import Engine
+from tabulate import tabulate
 
 from moderation.errors import InputDataError
 from moderation.cli.options import db_option, input_file, int_at_least, output_file, parse_time, score
@@ -415,13 +418,13 @@ def operating_point_lines(models: list[dict[str, Any]]) -> list[str]:
         for domain, named in points.items():
             for name, point in named.items():
                 label = name if domain == m.get("default_domain") else f"{domain}:{name}"
-                rows.append([f"  {label}", domain + (" (default)" if domain == m.get("default_domain") else ""),
+                rows.append([label, domain + (" (default)" if domain == m.get("default_domain") else ""),
                              _number(_finite_or_none(point.get("threshold"))),
                              _number(_finite_or_none(point.get("precision"))),
                              _number(_finite_or_none(point.get("recall"))),
                              _number(_finite_or_none(point.get("false_positive_rate")))])
-        lines.append(render_table(["  name", "domain", "threshold", "precision", "recall", "fpr"], rows,
-                                  right={2, 3, 4, 5}))
+        lines.append(textwrap.indent(render_table(["name", "domain", "threshold", "precision", "recall", "fpr"],
+                                                  rows, right={2, 3, 4, 5}), "  "))
     return lines
 
 
@@ -441,17 +444,6 @@ def _number(value: float | None) -> str:
 # ---------------------------------------------------------------- display width
 
 
-def char_width(char: str) -> int:
-    """Terminal columns of one character: 2 for wide (Hangul, CJK, most emoji), 0 for combining marks."""
-    if unicodedata.combining(char) or unicodedata.category(char) in {"Mn", "Me", "Cf"}:
-        return 0
-    return 2 if unicodedata.east_asian_width(char) in {"W", "F"} else 1
-
-
-def display_width(text: str) -> int:
-    return sum(char_width(c) for c in text)
-
-
 def one_line(text: str) -> str:
     """NFC (decomposed Hangul jamo would be counted apart) and every control or line break as one space."""
     text = unicodedata.normalize("NFC", text)
@@ -460,32 +452,13 @@ def one_line(text: str) -> str:
 
 
 def truncate(text: str, width: int) -> str:
-    """At most ``width`` display columns, an ellipsis marking a cut."""
-    if display_width(text) <= width:
+    """At most ``width`` terminal columns (Hangul and emoji take two), an ellipsis marking a cut."""
+    if wcwidth.width(text) <= width:
         return text
-    out, used = [], 0
-    for char in text:
-        size = char_width(char)
-        if used + size > width - display_width(ELLIPSIS):
-            break
-        out.append(char)
-        used += size
-    return "".join(out) + ELLIPSIS
+    return wcwidth.clip(text, 0, width - wcwidth.width(ELLIPSIS)).rstrip() + ELLIPSIS
 
 
-def pad(text: str, width: int, right: bool = False) -> str:
-    fill = " " * max(width - display_width(text), 0)
-    return fill + text if right else text + fill
-
-
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int] | None = None,
-                 sep: str = "  ") -> str:
-    """Columns padded by display width, so every line (header and rule included) is equally wide."""
-    right = right or set()
-    widths = [max([display_width(h)] + [display_width(r[i]) for r in rows]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return sep.join(pad(cell, widths[i], i in right) for i, cell in enumerate(cells))
-
-    rule = sep.join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int] | None = None) -> str:
+    """Columns padded by display width (tabulate measures with wcwidth), so every line is equally wide."""
+    align = ["right" if i in (right or set()) else "left" for i in range(len(headers))]
+    return tabulate(rows, headers, tablefmt="simple", colalign=align, disable_numparse=True)
