@@ -95,6 +95,8 @@ scoring_runs = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("status", String(16), nullable=False),
     Column("operating_point", String(64), nullable=True),  # named threshold of the card (revision 0003)
+    # Unflagged reviews the run queued as audit samples (revision 0011).
+    Column("reviews_audited", Integer, nullable=False, default=0, server_default=text("0")),
     CheckConstraint("status IN ('running', 'success', 'failed')", name="ck_scoring_runs_status"),
     Index("ix_scoring_runs_interval", "interval_start", "interval_end"),
 )
@@ -127,7 +129,16 @@ moderation_queue = Table(
     Column("decided_at", DateTime(timezone=True), nullable=True),
     Column("note", Text, nullable=True),
     Column("text_version", Integer, nullable=False, server_default=text("1")),  # of the text scored (0007)
-    CheckConstraint("status IN ('pending', 'confirmed', 'dismissed', 'expired')", name="ck_moderation_queue_status"),
+    # Revision 0011: 'flagged' by the model or an 'audit' sample of unflagged reviews; the priority bucket
+    # from the card's operating points at flag time; the claim (a lease that lapses); the decision's reason.
+    Column("kind", String(16), nullable=False, default="flagged", server_default=text("'flagged'")),
+    Column("bucket", String(32), nullable=False, default="flagged", server_default=text("'flagged'")),
+    Column("claimed_by", String(128), nullable=True),
+    Column("claim_expires_at", DateTime(timezone=True), nullable=True),
+    Column("reason", String(32), nullable=True),
+    CheckConstraint("status IN ('pending', 'confirmed', 'dismissed', 'unsure', 'expired')",
+                    name="ck_moderation_queue_status"),
+    CheckConstraint("kind IN ('flagged', 'audit')", name="ck_moderation_queue_kind"),
     Index("ix_moderation_queue_status_flagged", "status", "flagged_at"),
 )
 
@@ -161,14 +172,26 @@ moderation_events = Table(
     Column("text_version", Integer, nullable=True),
     Column("run_id", String(250), nullable=True),
     Column("note", Text, nullable=True),
+    Column("reason", String(32), nullable=True),  # a decision's reason code (revision 0011)
     CheckConstraint("event IN ('queued', 're-scored', 'decided', 're-opened', 'expired')",
                     name="ck_moderation_events_event"),
     Index("ix_moderation_events_review", "review_id", "event_id"),
     Index("ix_moderation_events_at", "at"),
 )
 
+#: The web app's logins (revision 0011); ``password_hash`` is scrypt with a random salt (moderation.accounts).
+moderator_accounts = Table(
+    "moderator_accounts",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False, server_default=text("false")),
+)
+
 #: Tables the package owns, in dependency order.
-TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue, review_labels, moderation_events]
+TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue, review_labels, moderation_events,
+          moderator_accounts]
 #: Views the migrations create: the moderators' queue and the queue's history.
 VIEWS = ["flagged_reviews", "moderation_history"]
 
