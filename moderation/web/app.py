@@ -16,7 +16,7 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,7 +35,9 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from moderation import accounts, db, queue
+from moderation import db
+from moderation.web import _standin as accounts  # STAND-IN until queue-backend lands
+from moderation.web import _standin as queue  # STAND-IN
 from moderation.errors import ModerationError, SettingError
 from moderation.timeutil import utc_now
 from moderation.web.evidence import EvidenceService
@@ -212,14 +214,14 @@ class _Web:
 
     # ------------------------------------------------------------ plumbing
 
-    def render(self, request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    def render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("user", request.session.get("user"))
         context["csrf_token"] = _csrf_token(request)
         context["request"] = request
         context["buckets"] = sorted(queue.BUCKET_ORDER, key=queue.BUCKET_ORDER.get)
         context["reasons"] = queue.REASONS
         context["shortcuts"] = SHORTCUTS
-        html = self.templates.get_template(name).render(**context)
+        html = self.templates.get_template(template).render(**context)
         return HTMLResponse(html, status_code=status_code, headers=_security_headers())
 
     async def form(self, request: Request) -> FormData:
@@ -440,4 +442,4 @@ def _pct(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{100 * value:.{digits}f} %"
 
 
-__all__ = ["create_app", "web_secret", "SECRET_ENV", "Awaitable"]
+__all__ = ["create_app", "web_secret", "SECRET_ENV"]

@@ -1,0 +1,161 @@
+"""The web page over HTTP (Starlette's test client on the real app and a real database).
+
+The browser drives the same page in tests/test_web_browser.py; here are the
+checks a browser cannot make: status codes, headers, refusals of forged or
+anonymous requests, what is written to the database.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from starlette.testclient import TestClient
+from web_helpers import EXPECTED_ORDER, PASSWORDS, SECRET, Clock, seed_queue
+
+from moderation import db
+from moderation.cli import main
+from moderation.errors import SettingError
+from moderation.web.app import create_app, web_secret
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+def seeded(any_db_url: str, pointed_model_dir: Path) -> dict[str, Any]:
+    return {"url": any_db_url, "clock": Clock(), **seed_queue(any_db_url, pointed_model_dir)}
+
+
+@pytest.fixture
+def client(seeded: dict[str, Any], pointed_model_dir: Path) -> Iterator[TestClient]:
+    app = create_app(seeded["url"], secret=SECRET, clock=seeded["clock"], model_dir=pointed_model_dir)
+    with TestClient(app, base_url="http://testserver", follow_redirects=False) as test_client:
+        yield test_client
+    app.state.engine.dispose()
+
+
+def csrf(client: TestClient, path: str = "/login") -> str:
+    found = CSRF.search(client.get(path).text)
+    assert found, f"no CSRF token on {path}"
+    return found.group(1)
+
+
+def login(client: TestClient, name: str = "kim") -> None:
+    response = client.post("/login", data={"name": name, "password": PASSWORDS[name], "csrf_token": csrf(client)})
+    assert response.status_code == 303, response.text
+
+
+def test_anonymous_requests_go_to_the_login_page(client: TestClient) -> None:
+    for path in ("/", "/stats", "/items/101", "/?bucket=likely"):
+        response = client.get(path)
+        assert response.status_code == 303 and response.headers["location"].startswith("/login?next="), path
+    anonymous = client.post("/bulk", data={"decision": "dismissed", "scope": "filter"})
+    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login")
+    assert client.get("/healthz").text == "ok"
+
+
+def test_login_refuses_a_wrong_password_and_a_forged_form(client: TestClient) -> None:
+    token = csrf(client)
+    wrong = client.post("/login", data={"name": "kim", "password": "not-it-at-all", "csrf_token": token})
+    assert wrong.status_code == 401 and "Unknown name or wrong password" in wrong.text
+    forged = client.post("/login", data={"name": "kim", "password": PASSWORDS["kim"]})
+    assert forged.status_code == 403
+    assert client.get("/").status_code == 303  # still anonymous
+
+
+def test_every_write_needs_the_session_csrf_token(client: TestClient, seeded: dict[str, Any]) -> None:
+    login(client)
+    for path, data in (("/bulk", {"decision": "dismissed", "scope": "filter"}),
+                       ("/items/101/decide", {"decision": "confirmed"}), ("/items/101/claim", {}),
+                       ("/items/101/skip", {}), ("/next", {}), ("/logout", {})):
+        assert client.post(path, data=data).status_code == 403, path
+        assert client.post(path, data=data | {"csrf_token": "forged"}).status_code == 403, path
+    engine = db.make_engine(seeded["url"])
+    with engine.connect() as conn:
+        statuses = set(conn.execute(select(db.moderation_queue.c.status)).scalars())
+        claims = set(conn.execute(select(db.moderation_queue.c.claimed_by)).scalars())
+    engine.dispose()
+    assert statuses == {"pending"} and claims == {None}
+
+
+def test_the_queue_is_in_bucket_order_then_oldest_first_and_escapes_review_text(client: TestClient) -> None:
+    login(client)
+    page = client.get("/")
+    assert page.status_code == 200
+    ids = [int(x) for x in re.findall(r'data-review-id="(\d+)"', page.text)]
+    assert ids == EXPECTED_ORDER
+    assert "<script>window.__pwned" not in page.text
+    assert "&lt;script&gt;window.__pwned = true&lt;/script&gt;" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    likely = client.get("/?bucket=likely")
+    assert [int(x) for x in re.findall(r'data-review-id="(\d+)"', likely.text)] == [103, 105]
+
+
+def test_an_item_shows_its_evidence_escaped(client: TestClient) -> None:
+    login(client)
+    page = client.get("/items/105")
+    assert page.status_code == 200
+    text = re.search(r'<p class="review-text" id="review-text" lang="ko">(.*?)</p>', page.text, re.S).group(1)
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert '<mark class="ev"' in page.text or "No single word raised it by much" in page.text
+
+
+def test_a_decision_records_the_moderator_from_the_session(client: TestClient, seeded: dict[str, Any]) -> None:
+    login(client)
+    token = csrf(client, "/")
+    opened = client.post("/items/101/claim", data={"csrf_token": token})
+    assert opened.status_code == 303 and opened.headers["location"].startswith("/items/101")
+    done = client.post("/items/101/decide", data={"csrf_token": token, "decision": "confirmed", "reason": "abuse",
+                                                  "note": "욕설", "decided_by": "someone-else"})
+    assert done.status_code == 303
+    engine = db.make_engine(seeded["url"])
+    q, e = db.moderation_queue.c, db.moderation_events.c
+    with engine.connect() as conn:
+        row = conn.execute(select(q.status, q.decided_by, q.reason, q.claimed_by).where(q.review_id == 101)).one()
+        event = conn.execute(select(e.actor, e.status).where(e.review_id == 101, e.event == "decided")).one()
+    engine.dispose()
+    assert tuple(row) == ("confirmed", "kim", "abuse", None)
+    assert tuple(event) == ("kim", "confirmed")
+
+
+def test_the_login_redirect_stays_on_this_site(client: TestClient) -> None:
+    token = csrf(client)
+    for target, expected in (("//evil.example/x", "/"), ("https://evil.example", "/"), ("/stats", "/stats")):
+        client.cookies.clear()
+        token = csrf(client)
+        response = client.post(f"/login?next={target}",
+                               data={"name": "kim", "password": PASSWORDS["kim"], "csrf_token": token})
+        assert response.headers["location"] == expected
+
+
+def test_stats_page_draws_its_plots(client: TestClient) -> None:
+    login(client)
+    page = client.get("/stats")
+    assert page.status_code == 200
+    for name in ("nightly", "backlog", "moderators", "drift"):
+        assert f'id="plot-{name}"' in page.text
+    assert page.text.count("<svg") >= 4
+
+
+@pytest.mark.parametrize("env, message", [
+    ({}, "MODERATION_WEB_SECRET is not set"),
+    ({"MODERATION_WEB_SECRET": "short"}, "at least 32 characters"),
+    ({"MODERATION_WEB_SECRET": "change-me" * 5}, "at least 32 characters"),
+])
+def test_the_app_refuses_to_start_without_a_real_secret(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingError, match=message):
+        web_secret(env)
+
+
+def test_serve_refuses_a_missing_secret_in_one_line(monkeypatch: pytest.MonkeyPatch, sqlite_url: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("MODERATION_WEB_SECRET", raising=False)
+    assert main(["serve", "--db", sqlite_url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MODERATION_WEB_SECRET is not set" in err
+    assert main(["serve", "--port", "0", "--db", sqlite_url]) == 2
+    assert "--port: must be at least 1" in capsys.readouterr().err
