@@ -46,7 +46,8 @@ def _counts_columns(q: Any) -> list[Any]:
 
 def _runs_query(since: datetime | None) -> Any:
     q, s = db.moderation_queue.c, db.scoring_runs.c
-    per_run = select(q.run_id, *_counts_columns(q)).group_by(q.run_id).subquery()
+    # The model's flags only: audit samples are not flags and would dilute its precision.
+    per_run = select(q.run_id, *_counts_columns(q)).where(q.kind == "flagged").group_by(q.run_id).subquery()
     query = (
         select(s.run_id, s.interval_start, s.interval_end, s.model_version, s.threshold, s.status,
                s.reviews_scored, s.reviews_flagged, s.finished_at,
