@@ -17,10 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from moderation import db
-
-#: Bucket names of a card's default-domain operating points, highest first.
-POINT_BUCKETS = ("very_likely", "likely", "maybe")
-
+from moderation.queue import BUCKET_POINTS, bucket_for
 
 def card_points(model_dir: Any) -> dict[str, float]:
     """{point name: threshold} of the card's default domain (empty when the card has none)."""
@@ -28,15 +25,7 @@ def card_points(model_dir: Any) -> dict[str, float]:
 
     card = read_card(model_dir)
     named = card.operating_points.get(card.default_domain or "", {})
-    return {name: float(point["threshold"]) for name, point in named.items() if name in POINT_BUCKETS}
-
-
-def bucket_for(score: float, points: Mapping[str, float]) -> str:
-    """The highest operating point the score reaches, else ``flagged`` (above the run's threshold only)."""
-    for name in POINT_BUCKETS:
-        if name in points and score >= points[name]:
-            return name
-    return "flagged"
+    return {name: float(point["threshold"]) for name, point in named.items() if name in BUCKET_POINTS}
 
 
 def seed_reviews(engine: Engine, reviews: Iterable[Mapping[str, Any]]) -> int:

@@ -157,5 +157,7 @@ def test_serve_refuses_a_missing_secret_in_one_line(monkeypatch: pytest.MonkeyPa
     assert main(["serve", "--db", sqlite_url]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "MODERATION_WEB_SECRET is not set" in err
-    assert main(["serve", "--port", "0", "--db", sqlite_url]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main(["serve", "--port", "0", "--db", sqlite_url])
+    assert refused.value.code == 2
     assert "--port: must be at least 1" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from typing import Any
 
 from web_seed import bucket_for, card_points, register, seed_night, seed_reviews
 
-from moderation import db
+from moderation import accounts, db
 
 SECRET = "test-secret-" + "0123456789abcdef" * 3
 NOW = datetime(2026, 3, 10, 9, 0, tzinfo=timezone.utc)
@@ -54,8 +54,6 @@ class Clock:
 
 def seed_queue(url: str, model_dir: Path, extra_pending: int = 0) -> dict[str, Any]:
     """Schema, the model registered, the reviews above in three nights, two moderator accounts."""
-    from moderation.web import _standin as accounts
-
     engine = db.make_engine(url)
     db.init_schema(engine)
     version = register(engine, model_dir)

@@ -35,17 +35,14 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from moderation import db
-from moderation.web import _standin as accounts  # STAND-IN until queue-backend lands
-from moderation.web import _standin as queue  # STAND-IN
-from moderation.errors import ModerationError, SettingError
+from moderation import accounts, db, queue
+from moderation.errors import ClaimError, InputDataError, ModerationError, SettingError
 from moderation.timeutil import utc_now
 from moderation.web.evidence import EvidenceService
 
 log = logging.getLogger(__name__)
 
 SECRET_ENV = "MODERATION_WEB_SECRET"
-CLAIM_MINUTES_ENV = "MODERATION_CLAIM_MINUTES"
 #: A session secret shorter than this is refused: it signs every login.
 MIN_SECRET_LENGTH = 32
 #: How long a login lasts without activity.
@@ -79,19 +76,6 @@ def web_secret(env: dict[str, str] | None = None) -> str:
     return value
 
 
-def claim_minutes(env: dict[str, str] | None = None) -> int:
-    raw = (env if env is not None else os.environ).get(CLAIM_MINUTES_ENV, "")
-    if not raw:
-        return queue.DEFAULT_CLAIM_MINUTES
-    try:
-        minutes = int(raw)
-    except ValueError:
-        raise SettingError(f"{CLAIM_MINUTES_ENV} must be a whole number of minutes, not {raw!r}") from None
-    if not 1 <= minutes <= 24 * 60:
-        raise SettingError(f"{CLAIM_MINUTES_ENV} must be between 1 and 1440 minutes, not {minutes}")
-    return minutes
-
-
 def create_app(db_url: str | None = None, *, secret: str | None = None, engine: Engine | None = None,
                minutes: int | None = None, model_dir: Path | None = None,
                clock: Callable[[], datetime] | None = None, https_only: bool = False) -> Starlette:
@@ -106,7 +90,7 @@ def create_app(db_url: str | None = None, *, secret: str | None = None, engine: 
     if len(secret) < MIN_SECRET_LENGTH:
         raise SettingError(f"the session secret must have at least {MIN_SECRET_LENGTH} characters")
     engine = engine if engine is not None else db.make_engine(db_url, must_exist=True)
-    web = _Web(engine, minutes if minutes is not None else claim_minutes(), clock or utc_now,
+    web = _Web(engine, minutes if minutes is not None else queue.claim_minutes_setting(), clock or utc_now,
                EvidenceService(engine, model_dir))
     routes = [
         Route("/login", web.login, methods=["GET", "POST"]),
@@ -156,8 +140,6 @@ def _parse_date(value: str | None) -> datetime | None:
 
 
 def queue_input_error(message: str) -> ModerationError:
-    from moderation.errors import InputDataError
-
     return InputDataError(message)
 
 
@@ -313,7 +295,7 @@ class _Web:
                     continue
                 try:
                     queue.claim(self.engine, item["review_id"], user, minutes=self.minutes, now=now)
-                except queue.ClaimError:
+                except ClaimError:
                     continue
                 return int(item["review_id"])
             offset += PAGE_SIZE
@@ -369,7 +351,7 @@ class _Web:
         review_id = int(request.path_params["review_id"])
         try:
             await run_in_threadpool(queue.claim, self.engine, review_id, user, minutes=self.minutes, now=self.clock())
-        except queue.ClaimError as exc:
+        except ClaimError as exc:
             request.session["message"] = str(exc)
         return RedirectResponse(f"/items/{review_id}?{filter_query(form)}", status_code=303)
 
@@ -385,7 +367,7 @@ class _Web:
         try:
             await run_in_threadpool(queue.decide, self.engine, [review_id], decision, user, note=note,
                                     now=self.clock(), reason=reason)
-        except queue.ClaimError as exc:
+        except ClaimError as exc:
             request.session["message"] = str(exc)
             return RedirectResponse(f"/items/{review_id}?{filter_query(form)}", status_code=303)
         request.session["message"] = f"Review {review_id}: {decision}."
