@@ -164,3 +164,92 @@ def test_bucket_from_operating_points() -> None:
     assert [bucket_for(s, points) for s in (0.95, 0.9, 0.7, 0.31, 0.2)] == [
         "very_likely", "very_likely", "likely", "maybe", "flagged"]
     assert bucket_for(0.99, {}) == "flagged"
+
+
+# ---------------------------------------------------------------- the nightly publish: buckets and audits
+
+BUCKETS = {"maybe": 0.6, "likely": 0.8, "very_likely": 0.95}
+
+
+def _publish(url: str, tmp_path, run_id: str, scores: dict[int, float], audit: int,  # type: ignore[no-untyped-def]
+             buckets: dict[str, float] | None = BUCKETS) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from moderation import pipeline
+
+    chunk = tmp_path / f"{run_id}-chunk.parquet"
+    pq.write_table(pa.table({"review_id": pa.array(list(scores), pa.int64()),
+                             "score": pa.array(list(scores.values()), pa.float64()),
+                             "skip_reason": pa.array([None] * len(scores), pa.string())}), chunk)
+    model = {"version": "m1", "path": str(tmp_path), "threshold": 0.5}
+    if buckets is not None:
+        model["buckets"] = buckets
+    plan = {"run_id": run_id, "interval_start": DAY1.isoformat(), "interval_end": (DAY1 + timedelta(days=1)).isoformat(),
+            "model": model, "chunks": [{"index": 0}], "reviews": len(scores)}
+    return pipeline.publish(url, plan, [{"index": 0, "path": str(chunk)}], audit_sample=audit)
+
+
+@pytest.fixture
+def reviews_engine(any_db_url: str) -> Iterator[Engine]:
+    engine = db.make_engine(any_db_url)
+    db.init_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(db.reviews), [
+            {"review_id": rid, "product_id": 1, "rating": 5, "text": f"리뷰 {rid}", "ingested_at": DAY1}
+            for rid in range(1, 201)])
+    yield engine
+    engine.dispose()
+
+
+def _queue(engine: Engine) -> dict[int, tuple[str, str, str]]:
+    q = db.moderation_queue.c
+    with engine.connect() as conn:
+        return {r[0]: tuple(r[1:]) for r in conn.execute(select(q.review_id, q.kind, q.bucket, q.status))}
+
+
+def test_publish_buckets_flags_and_queues_a_repeatable_audit_sample(reviews_engine: Engine, any_db_url: str,
+                                                                     tmp_path) -> None:  # type: ignore[no-untyped-def]
+    scores = {1: 0.97, 2: 0.85, 3: 0.65, 4: 0.55} | {rid: 0.1 + rid / 1000 for rid in range(5, 201)}
+    summary = _publish(any_db_url, tmp_path, "night-1", scores, audit=7)
+    assert summary["reviews_flagged"] == 4 and summary["reviews_audited"] == 7
+    queue = _queue(reviews_engine)
+    assert {rid: queue[rid] for rid in (1, 2, 3, 4)} == {
+        1: ("flagged", "very_likely", "pending"), 2: ("flagged", "likely", "pending"),
+        3: ("flagged", "maybe", "pending"), 4: ("flagged", "flagged", "pending")}
+    audits = sorted(rid for rid, (kind, bucket, _status) in queue.items() if kind == "audit" and bucket == "audit")
+    assert len(audits) == 7 and all(rid >= 5 for rid in audits)
+    assert audits != list(range(5, 12))  # a spread sample, not the first ids
+    with reviews_engine.connect() as conn:
+        run = conn.execute(select(db.scoring_runs.c.reviews_audited)).scalar_one()
+    assert run == 7
+    # a moderator decides an audit item; the run is published again: same sample, decision kept, no new events
+    decide(reviews_engine, [audits[0]], "confirmed", "kim", reason="abuse")
+    before = events(reviews_engine)
+    assert _publish(any_db_url, tmp_path, "night-1", scores, audit=7)["reviews_audited"] == 7
+    again = _queue(reviews_engine)
+    assert sorted(rid for rid, row in again.items() if row[0] == "audit") == audits
+    assert again[audits[0]] == ("audit", "audit", "confirmed")
+    assert events(reviews_engine) == before
+    # another night samples afresh, never touching what is queued already
+    other = _publish(any_db_url, tmp_path, "night-2", scores, audit=7)
+    assert other["reviews_audited"] == 7
+    latest = _queue(reviews_engine)
+    assert len([rid for rid, row in latest.items() if row[0] == "audit"]) == 14
+    assert {rid: latest[rid] for rid in queue} == {rid: again[rid] for rid in queue}
+
+
+def test_a_plan_without_buckets_flags_into_the_flagged_bucket(reviews_engine: Engine, any_db_url: str,
+                                                               tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _publish(any_db_url, tmp_path, "old-plan", {1: 0.99, 2: 0.2}, audit=0, buckets=None)
+    assert _queue(reviews_engine) == {1: ("flagged", "flagged", "pending")}
+
+
+def test_the_active_models_buckets_come_from_its_default_domain(engine: Engine, pointed_model_dir,  # type: ignore[no-untyped-def]
+                                                                card_points) -> None:
+    from moderation import registry
+
+    registry.register_model(engine, pointed_model_dir, activate=True)
+    chosen = registry.active_model(engine)
+    assert chosen.buckets == {name: card_points["shopping"][name]["threshold"]
+                              for name in ("very_likely", "likely", "maybe")}
