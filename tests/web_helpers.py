@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from web_seed import bucket_for, card_points, register, seed_night, seed_reviews
+from web_seed import bucket_for, card_points, register, running_server, seed_night, seed_reviews  # noqa: F401
 
 from moderation import accounts, db
 
@@ -79,30 +75,3 @@ def seed_queue(url: str, model_dir: Path, extra_pending: int = 0) -> dict[str, A
     engine.dispose()
     return {"version": version, "points": points,
             "bucket_of": {r[0]: bucket_for(r[4], points) if r[6] == "flagged" else "audit" for r in REVIEWS}}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def running_server(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
