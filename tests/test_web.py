@@ -161,3 +161,29 @@ def test_serve_refuses_a_missing_secret_in_one_line(monkeypatch: pytest.MonkeyPa
         main(["serve", "--port", "0", "--db", sqlite_url])
     assert refused.value.code == 2
     assert "--port: must be at least 1" in capsys.readouterr().err
+
+
+def test_a_bulk_decision_on_selected_rows_never_takes_over_a_claimed_item(client: TestClient,
+                                                                          seeded: dict[str, Any]) -> None:
+    from moderation import queue
+
+    engine = db.make_engine(seeded["url"])
+    queue.claim(engine, 103, "lee", minutes=10, now=seeded["clock"]())
+    login(client)
+    token = csrf(client, "/")
+    refused = client.post("/bulk", data={"csrf_token": token, "scope": "selection", "decision": "dismissed",
+                                         "review_id": ["103", "104"]})
+    assert refused.status_code == 303
+    page = client.get("/").text
+    assert "Nothing recorded" in page and "lee" in page  # the message names the holder
+    done = client.post("/bulk", data={"csrf_token": token, "scope": "selection", "decision": "unsure",
+                                      "reason": "other", "review_id": ["104", "108"]})
+    assert done.status_code == 303
+    q = db.moderation_queue.c
+    with engine.connect() as conn:
+        rows = dict(conn.execute(select(q.review_id, q.status).where(q.review_id.in_([103, 104, 108]))).tuples().all())
+        labels = conn.execute(select(db.review_labels.c.review_id)
+                              .where(db.review_labels.c.review_id.in_([104, 108]))).all()
+    engine.dispose()
+    assert rows == {103: "pending", 104: "unsure", 108: "unsure"}
+    assert labels == []  # unsure never becomes a training label

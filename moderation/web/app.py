@@ -282,16 +282,15 @@ class _Web:
         return RedirectResponse(f"/items/{found}?{query}", status_code=303)
 
     def _claim_next(self, flt: queue.QueueFilter, user: str, now: datetime, skip: int | None) -> int | None:
-        """The first pending item nobody else holds, claimed for ``user`` (a race lost moves on)."""
+        """The first pending item under no live claim, claimed for ``user``; a claim race lost moves on."""
+        free = replace(flt, include_claimed=False)
         offset = 0
         while True:
-            items, _ = queue.queue_page(self.engine, flt, limit=PAGE_SIZE, offset=offset, now=now)
+            items, _ = queue.queue_page(self.engine, free, limit=PAGE_SIZE, offset=offset, now=now)
             if not items:
                 return None
             for item in items:
                 if item["review_id"] == skip:
-                    continue
-                if item["claimed_by"] not in (None, user):
                     continue
                 try:
                     queue.claim(self.engine, item["review_id"], user, minutes=self.minutes, now=now)
@@ -321,8 +320,12 @@ class _Web:
             if not ids:
                 request.session["message"] = "Select rows first (x), or decide the whole filter."
                 return RedirectResponse("/?" + query, status_code=303)
-            count = await run_in_threadpool(queue.decide, self.engine, ids, decision, user, note=note, now=now,
-                                            reason=reason)
+            try:
+                count = await run_in_threadpool(queue.decide, self.engine, ids, decision, user, note=note, now=now,
+                                                reason=reason)
+            except ClaimError as exc:
+                request.session["message"] = f"Nothing recorded: {exc}"
+                return RedirectResponse("/?" + query, status_code=303)
             request.session["message"] = f"{decision}: {count} selected item(s)."
         return RedirectResponse("/?" + query, status_code=303)
 
