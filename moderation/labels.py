@@ -343,3 +343,30 @@ def labelled_snapshot(engine: Engine, include_rating: bool = False) -> pd.DataFr
     return frame.astype({"review_id": "int64", "text": "object", "label": "int8", "source": "object",
                          "product_id": "int64"})
 
+
+
+def audit_labels(engine: Engine) -> pd.DataFrame:
+    """Moderator labels on audit items: an unbiased sample of what the model let through, and judged.
+
+    Audit items are unflagged reviews sampled at random each night
+    (:mod:`moderation.pipeline`), so their labels estimate a model's recall
+    and precision without the bias of the flag queue. Same rules as
+    :func:`labelled_snapshot`: the label must be for the review's current text,
+    and the text non-empty. Columns ``review_id``, ``text``, ``label``,
+    ``product_id``; 'unsure' decisions have no label and are not here.
+    """
+    lab, r, q = db.review_labels.c, db.reviews.c, db.moderation_queue.c
+    query = (
+        select(lab.review_id, r.text, lab.label, r.product_id)
+        .join_from(db.review_labels, db.reviews, lab.review_id == r.review_id)
+        .join(db.moderation_queue, q.review_id == lab.review_id)
+        .where(lab.source == "moderator", q.kind == "audit", q.status.in_(["confirmed", "dismissed"]),
+               or_(lab.text_version.is_(None), lab.text_version == r.text_version),
+               r.text.is_not(None), r.text != "")
+        .order_by(lab.review_id)
+    )
+    with db.translate_errors(engine), engine.connect() as conn:
+        db.require_tables(conn, db.reviews, db.review_labels, db.moderation_queue)
+        rows = conn.execute(query).tuples().all()
+    frame = pd.DataFrame(rows, columns=["review_id", "text", "label", "product_id"])
+    return frame.astype({"review_id": "int64", "text": "object", "label": "int8", "product_id": "int64"})
