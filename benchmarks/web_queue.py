@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
+sys.path[:0] = [str(REPO_ROOT / "scripts"), str(REPO_ROOT / "benchmarks")]
 PG_ADMIN_URL = os.environ.get("MODERATION_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 NIGHTS = 30
 SEED = 20261129
@@ -120,6 +120,45 @@ def timed(client: Any, paths: Sequence[str]) -> dict[str, Any]:
             "max_ms": round(max(times), 1), "mean_ms": round(statistics.fmean(times), 1)}
 
 
+def measure(url: str, args: argparse.Namespace, model_dir: Path, now: datetime) -> dict[str, Any]:
+    """Seed ``url``, serve it with ``moderation serve`` in a subprocess, time each page; the report."""
+    import httpx
+
+    started = time.perf_counter()
+    seeded = seed(url, args.items, model_dir, now)
+    print(f"seeded {seeded['pending']:,} pending items ({seeded['reviews']:,} reviews) in "
+          f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+    env = {**os.environ, "MODERATION_WEB_SECRET": uuid.uuid4().hex + uuid.uuid4().hex,
+           "MODERATION_MODEL_DIR": str(model_dir)}
+    server = start_server(url, args.port, env)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=120, follow_redirects=False) as client:
+            login = client.get("/login").text
+            token = login.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+            if client.post("/login", data={"name": "bench", "password": PASSWORD,
+                                           "csrf_token": token}).status_code != 303:
+                raise SystemExit("login failed")
+            first = client.get("/").text
+            ids = [int(part.split('"', 1)[0]) for part in first.split('data-review-id="')[1:]]
+            client.get("/stats")  # matplotlib's first import and font cache, once
+            n = args.requests
+            pages = {
+                "item_first_model_load": timed(client, [f"/items/{ids[0]}"]),  # TensorFlow and the model, once
+                "queue_first_page": timed(client, ["/"] * n),
+                "queue_filtered": timed(client, ["/?bucket=likely&product=2003"] * n),
+                "queue_deep_page": timed(client, [f"/?page={5000 // 50 + 1}"] * n),
+                "item_cold": timed(client, [f"/items/{rid}" for rid in ids[1:1 + args.cold_items]]),
+                "item_warm": timed(client, [f"/items/{ids[1]}"] * n),
+                "stats": timed(client, ["/stats"] * max(n // 5, 3)),
+            }
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {"items": seeded["pending"], "database": "postgresql", "machine": platform.node(),
+            "cpus": os.cpu_count(), "load_average": os.getloadavg(), "python": platform.python_version(),
+            "measured_at": now.isoformat(timespec="seconds"), "model": seeded["model_version"], "pages": pages}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/web_queue.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=10_000, help="pending queue items (default 10,000)")
@@ -131,64 +170,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import httpx
-    from sqlalchemy import create_engine, make_url, text
+    from bench import scratch_database  # beside this script
 
     from moderation import config
 
     model_dir = args.model or config.default_model_dir()
-    admin = create_engine(make_url(args.pg_url), isolation_level="AUTOCOMMIT")
-    name = f"web_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
     now = datetime.now(timezone.utc)
-    server = None
-    try:
-        started = time.perf_counter()
-        seeded = seed(url, args.items, model_dir, now)
-        print(f"seeded {seeded['pending']:,} pending items ({seeded['reviews']:,} reviews) in "
-              f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
-        env = {**os.environ, "MODERATION_WEB_SECRET": uuid.uuid4().hex + uuid.uuid4().hex,
-               "MODERATION_MODEL_DIR": str(model_dir)}
-        server = start_server(url, args.port, env)
-        base = f"http://127.0.0.1:{args.port}"
-        with httpx.Client(base_url=base, timeout=120, follow_redirects=False) as client:
-            login = client.get("/login").text
-            token = login.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-            if client.post("/login", data={"name": "bench", "password": PASSWORD,
-                                           "csrf_token": token}).status_code != 303:
-                raise SystemExit("login failed")
-            first = client.get("/").text
-            ids = [int(part.split('"', 1)[0]) for part in first.split('data-review-id="')[1:]]
-            client.get("/stats")  # matplotlib's first import and font cache, once
-            n = args.requests
-            results = {
-                "item_first_model_load": timed(client, [f"/items/{ids[0]}"]),  # TensorFlow and the model, once
-                "queue_first_page": timed(client, ["/"] * n),
-                "queue_filtered": timed(client, ["/?bucket=likely&product=2003"] * n),
-                "queue_deep_page": timed(client, [f"/?page={5000 // 50 + 1}"] * n),
-                "item_cold": timed(client, [f"/items/{rid}" for rid in ids[1:1 + args.cold_items]]),
-                "item_warm": timed(client, [f"/items/{ids[1]}"] * n),
-                "stats": timed(client, ["/stats"] * max(n // 5, 3)),
-            }
-        report = {"items": seeded["pending"], "database": "postgresql", "machine": platform.node(),
-                  "cpus": os.cpu_count(), "python": platform.python_version(),
-                  "measured_at": now.isoformat(timespec="seconds"), "model": seeded["model_version"],
-                  "pages": results}
-        print(f"{'page':22s} {'n':>4s} {'p50 ms':>9s} {'p95 ms':>9s} {'max ms':>9s}")
-        for page, figures in results.items():
-            print(f"{page:22s} {figures['requests']:4d} {figures['p50_ms']:9.1f} {figures['p95_ms']:9.1f} "
-                  f"{figures['max_ms']:9.1f}")
-        if args.out:
-            args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("postgresql", args.pg_url) as url:
+        report = measure(url, args, model_dir, now)
+    print(f"{'page':22s} {'n':>4s} {'p50 ms':>9s} {'p95 ms':>9s} {'max ms':>9s}")
+    for page, figures in report["pages"].items():
+        print(f"{page:22s} {figures['requests']:4d} {figures['p50_ms']:9.1f} {figures['p95_ms']:9.1f} "
+              f"{figures['max_ms']:9.1f}")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

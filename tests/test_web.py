@@ -187,3 +187,30 @@ def test_a_bulk_decision_on_selected_rows_never_takes_over_a_claimed_item(client
     engine.dispose()
     assert rows == {103: "pending", 104: "unsure", 108: "unsure"}
     assert labels == []  # unsure never becomes a training label
+
+
+def test_web_stats_per_night_precision_audit_recall_backlog_and_drift(seeded: dict[str, Any]) -> None:
+    from moderation import queue
+    from moderation.reporting import audit_recall, web_stats
+
+    engine = db.make_engine(seeded["url"])
+    now = seeded["clock"]()
+    queue.decide(engine, [101, 105], "confirmed", "kim", now=now)
+    queue.decide(engine, [103], "dismissed", "kim", now=now)
+    queue.decide(engine, [106], "unsure", "kim", now=now)
+    queue.decide(engine, [107], "confirmed", "lee", now=now)  # an audit sample the model missed
+    report = web_stats(engine, now=now)
+    engine.dispose()
+    last = report["nights"][-1]  # night 1: 101, 103, 105, 106 flagged, 107 scored below the threshold
+    assert (last["reviews_scored"], last["reviews_flagged"], last["decided"], last["unsure"]) == (5, 4, 3, 1)
+    assert last["precision"] == pytest.approx(2 / 3)
+    assert last["recall"] == pytest.approx(4 * 2 / 3 / (4 * 2 / 3 + 1 * 1.0))
+    assert last["recall"] == audit_recall(5, 4, 2 / 3, 1, 1)
+    assert [n["night"] for n in report["nights"]] == ["2026-03-07", "2026-03-08", "2026-03-09"]
+    assert report["backlog"]["size"] == 3 and report["backlog"]["age_p50_hours"] > 24
+    assert report["moderators"] == {"kim": {"confirmed": 2, "dismissed": 1, "unsure": 1},
+                                    "lee": {"confirmed": 1, "dismissed": 0, "unsure": 0}}
+    drift = report["drift"]
+    assert drift["latest_run"] == "night-1" and sum(drift["latest"]) == 5 and sum(drift["reference"]) == 3
+    assert drift["latest"][19] == 1 and drift["error"] is None  # 0.95 in the top bin
+    assert audit_recall(100, 10, None, 1, 5) is None and audit_recall(100, 10, 0.5, 0, 0) is None
