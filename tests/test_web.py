@@ -214,3 +214,16 @@ def test_web_stats_per_night_precision_audit_recall_backlog_and_drift(seeded: di
     assert drift["latest_run"] == "night-1" and sum(drift["latest"]) == 5 and sum(drift["reference"]) == 3
     assert drift["latest"][19] == 1 and drift["error"] is None  # 0.95 in the top bin
     assert audit_recall(100, 10, None, 1, 5) is None and audit_recall(100, 10, 0.5, 0, 0) is None
+
+
+def test_an_item_without_its_model_still_shows_and_an_unknown_one_is_404(client: TestClient,
+                                                                       seeded: dict[str, Any]) -> None:
+    login(client)
+    assert client.get("/items/999999").status_code == 404
+    engine = db.make_engine(seeded["url"])
+    with engine.begin() as conn:  # the registered directory vanished and no fallback model loads either
+        conn.execute(db.model_versions.update().values(path="/nonexistent/model"))
+    engine.dispose()
+    client.app.state.web.evidence._fallback = Path("/nonexistent/fallback")
+    page = client.get("/items/104")
+    assert page.status_code == 200 and "No evidence:" in page.text and 'id="decide-form"' in page.text

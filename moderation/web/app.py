@@ -36,7 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from moderation import accounts, db, queue
-from moderation.errors import ClaimError, InputDataError, ModerationError, SettingError
+from moderation.errors import ClaimError, DecisionError, InputDataError, ModerationError, SettingError
 from moderation.timeutil import utc_now
 from moderation.web.evidence import EvidenceService
 
@@ -337,12 +337,20 @@ class _Web:
             return self.login_redirect(request)
         review_id = int(request.path_params["review_id"])
         now = self.clock()
-        item = await run_in_threadpool(queue.queue_item, self.engine, review_id, now=now)
-        evidence = await run_in_threadpool(self.evidence.for_item, item)
+        try:
+            item = await run_in_threadpool(queue.queue_item, self.engine, review_id, now=now)
+        except DecisionError as exc:
+            return PlainTextResponse(f"404 {exc}", status_code=404, headers=_security_headers())
+        try:
+            evidence, evidence_error = await run_in_threadpool(self.evidence.for_item, item), None
+        except (ModerationError, OSError, ValueError) as exc:  # the item stays decidable without its evidence
+            log.warning("no evidence for review %d: %s", review_id, exc)
+            evidence, evidence_error = None, str(exc)
         history = await run_in_threadpool(queue.events, self.engine, [review_id])
         mine = item["claimed_by"] == user
         message = request.session.pop("message", None)
-        return self.render(request, "item.html", item=item, evidence=evidence, mine=mine, history=history,
+        return self.render(request, "item.html", item=item, evidence=evidence, evidence_error=evidence_error,
+                           mine=mine, history=history,
                            filter_query=filter_query(request.query_params), params=request.query_params,
                            message=message, now=now, minutes=self.minutes)
 
