@@ -43,6 +43,8 @@ from moderation.web.evidence import EvidenceService
 log = logging.getLogger(__name__)
 
 SECRET_ENV = "MODERATION_WEB_SECRET"
+#: "1" when the page is served over HTTPS (behind a TLS proxy): the session cookie is then sent over HTTPS only.
+HTTPS_ENV = "MODERATION_WEB_HTTPS"
 #: A session secret shorter than this is refused: it signs every login.
 MIN_SECRET_LENGTH = 32
 #: How long a login lasts without activity.
@@ -78,13 +80,14 @@ def web_secret(env: dict[str, str] | None = None) -> str:
 
 def create_app(db_url: str | None = None, *, secret: str | None = None, engine: Engine | None = None,
                minutes: int | None = None, model_dir: Path | None = None,
-               clock: Callable[[], datetime] | None = None, https_only: bool = False) -> Starlette:
+               clock: Callable[[], datetime] | None = None, https_only: bool | None = None) -> Starlette:
     """The application on the database ``db_url`` (or ``engine``).
 
     ``secret`` defaults to ``MODERATION_WEB_SECRET`` (refused when missing),
     ``minutes`` (the claim lease) to ``MODERATION_CLAIM_MINUTES`` or the
     queue's default, ``clock`` to the wall clock (tests move it to expire a
-    claim). Nothing connects or loads a model until a request needs it.
+    claim), ``https_only`` (a ``Secure`` session cookie) to ``MODERATION_WEB_HTTPS=1``.
+    Nothing connects or loads a model until a request needs it.
     """
     secret = secret if secret is not None else web_secret()
     if len(secret) < MIN_SECRET_LENGTH:
@@ -106,6 +109,8 @@ def create_app(db_url: str | None = None, *, secret: str | None = None, engine: 
         Route("/stats", web.stats_page),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]
+    if https_only is None:
+        https_only = os.environ.get(HTTPS_ENV, "") == "1"
     middleware = [Middleware(SessionMiddleware, secret_key=secret, session_cookie="moderation_session",
                              max_age=SESSION_SECONDS, same_site="strict", https_only=https_only)]
     app = Starlette(routes=routes, middleware=middleware,
@@ -135,11 +140,12 @@ def _parse_date(value: str | None) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise queue_input_error(f"not a date: {value!r} (use YYYY-MM-DD)") from None
+        raise _bad_input(f"not a date: {value!r} (use YYYY-MM-DD)") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def queue_input_error(message: str) -> ModerationError:
+def _bad_input(message: str) -> ModerationError:
+    """A filter or form value the page cannot use: answered 400 with the message."""
     return InputDataError(message)
 
 
@@ -149,7 +155,7 @@ def _parse_int(value: str | None, what: str) -> int | None:
     try:
         return int(value.strip())
     except ValueError:
-        raise queue_input_error(f"{what} must be a number, not {value!r}") from None
+        raise _bad_input(f"{what} must be a number, not {value!r}") from None
 
 
 FILTER_KEYS = ("status", "bucket", "kind", "since", "until", "product", "reviewer")
@@ -160,13 +166,13 @@ def filter_from(params: Any) -> queue.QueueFilter:
     status = params.get("status", "pending")
     status = None if status in ("", "any") else status
     if status is not None and status not in queue.STATUSES:
-        raise queue_input_error(f"unknown status {status!r}")
+        raise _bad_input(f"unknown status {status!r}")
     bucket = params.get("bucket") or None
     if bucket is not None and bucket not in queue.BUCKET_ORDER:
-        raise queue_input_error(f"unknown bucket {bucket!r}")
+        raise _bad_input(f"unknown bucket {bucket!r}")
     kind = params.get("kind") or None
     if kind is not None and kind not in ("flagged", "audit"):
-        raise queue_input_error(f"unknown kind {kind!r}")
+        raise _bad_input(f"unknown kind {kind!r}")
     until = _parse_date(params.get("until"))
     if until is not None and len((params.get("until") or "").strip()) == 10:
         until += timedelta(days=1)  # a date names the whole day
