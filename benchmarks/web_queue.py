@@ -12,7 +12,8 @@ page, a filtered page (bucket and product), a deep page (offset 5,000), an
 item page whose evidence is computed cold (a different item each request: the
 model's prefix trace runs; the first one, which also loads TensorFlow and the
 model, is reported apart) and warm (the same item again: cached), and the
-stats page (four matplotlib plots). Each page's p50 and p95 are printed and
+stats page (its queries and four matplotlib plots, computed on every request
+here; the page itself reuses them for 30 s). Each page's p50 and p95 are printed and
 written as JSON. Timings depend on the machine and whatever else runs on it:
 they are recorded, never asserted.
 """
@@ -129,7 +130,8 @@ def measure(url: str, args: argparse.Namespace, model_dir: Path, now: datetime) 
     print(f"seeded {seeded['pending']:,} pending items ({seeded['reviews']:,} reviews) in "
           f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
     env = {**os.environ, "MODERATION_WEB_SECRET": uuid.uuid4().hex + uuid.uuid4().hex,
-           "MODERATION_MODEL_DIR": str(model_dir)}
+           "MODERATION_MODEL_DIR": str(model_dir),
+           "MODERATION_WEB_STATS_SECONDS": "0"}  # the stats page computed on every request, not its 30 s reuse
     server = start_server(url, args.port, env)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{args.port}", timeout=120, follow_redirects=False) as client:

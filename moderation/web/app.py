@@ -16,6 +16,7 @@ import hmac
 import logging
 import os
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -50,6 +51,9 @@ MIN_SECRET_LENGTH = 32
 #: How long a login lasts without activity.
 SESSION_SECONDS = 8 * 3600
 PAGE_SIZE = 50
+#: Seconds the stats page's figures are reused before they are computed again (0: every request).
+STATS_SECONDS = 30
+STATS_SECONDS_ENV = "MODERATION_WEB_STATS_SECONDS"
 #: Rows one bulk decision on a filter may decide (a larger backlog takes several).
 BULK_LIMIT = 10_000
 HERE = Path(__file__).resolve().parent
@@ -78,6 +82,15 @@ def web_secret(env: dict[str, str] | None = None) -> str:
     return value
 
 
+def _stats_seconds() -> int:
+    raw = os.environ.get(STATS_SECONDS_ENV, "").strip()
+    if not raw:
+        return STATS_SECONDS
+    if not raw.isdigit() or int(raw) > 3600:
+        raise SettingError(f"{STATS_SECONDS_ENV} must be a whole number of seconds from 0 to 3600, not {raw!r}")
+    return int(raw)
+
+
 def create_app(db_url: str | None = None, *, secret: str | None = None, engine: Engine | None = None,
                minutes: int | None = None, model_dir: Path | None = None,
                clock: Callable[[], datetime] | None = None, https_only: bool | None = None) -> Starlette:
@@ -94,7 +107,7 @@ def create_app(db_url: str | None = None, *, secret: str | None = None, engine: 
         raise SettingError(f"the session secret must have at least {MIN_SECRET_LENGTH} characters")
     engine = engine if engine is not None else db.make_engine(db_url, must_exist=True)
     web = _Web(engine, minutes if minutes is not None else queue.claim_minutes_setting(), clock or utc_now,
-               EvidenceService(engine, model_dir))
+               EvidenceService(engine, model_dir), _stats_seconds())
     routes = [
         Route("/login", web.login, methods=["GET", "POST"]),
         Route("/logout", web.logout, methods=["POST"]),
@@ -189,7 +202,9 @@ def filter_query(params: Any) -> str:
 class _Web:
     """The request handlers, sharing the engine, the clock and the evidence cache."""
 
-    def __init__(self, engine: Engine, minutes: int, clock: Callable[[], datetime], evidence: EvidenceService):
+    def __init__(self, engine: Engine, minutes: int, clock: Callable[[], datetime], evidence: EvidenceService,
+                 stats_seconds: int = STATS_SECONDS):
+        self.stats_seconds = stats_seconds
         self.engine = engine
         self.minutes = minutes
         self.clock = clock
@@ -199,6 +214,8 @@ class _Web:
                                      trim_blocks=True, lstrip_blocks=True)
         self.templates.filters["when"] = _when
         self.templates.filters["pct"] = _pct
+        #: (monotonic expiry, report, figures) of the stats page: its queries and plots take a second or two.
+        self._stats: tuple[float, dict[str, Any], list[Any]] | None = None
 
     # ------------------------------------------------------------ plumbing
 
@@ -406,9 +423,13 @@ class _Web:
             return self.login_redirect(request)
         from moderation.web import plots
 
-        report = await run_in_threadpool(_web_stats, self.engine, self.clock())
-        figures = await run_in_threadpool(plots.all_figures, report)
-        return self.render(request, "stats.html", report=report, figures=figures)
+        cached = self._stats
+        if cached is None or cached[0] <= time.monotonic():
+            report = await run_in_threadpool(_web_stats, self.engine, self.clock())
+            figures = await run_in_threadpool(plots.all_figures, report)
+            cached = self._stats = (time.monotonic() + self.stats_seconds, report, figures)
+        return self.render(request, "stats.html", report=cached[1], figures=cached[2],
+                           stats_seconds=self.stats_seconds)
 
 
 def _web_stats(engine: Engine, now: datetime) -> dict[str, Any]:
