@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, literal, or_, select
+from sqlalchemy import Connection, Engine, and_, case, func, literal, select
 
 from moderation import db
 from moderation.errors import ClaimError, DecisionError, InputDataError, SettingError, name_ids
