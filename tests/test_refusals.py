@@ -114,6 +114,8 @@ BAD = [
     (["models", "list", "--db", "postgresql://u:secret@127.0.0.1:1/x?connect_timeout=1"], "is unavailable"),
     (["models", "register", "{t}/card-1.5", "--db", "sqlite:///{t}/empty.db"], "threshold must be between 0 and 1"),
     (["models", "activate", "v1", "--db", "sqlite:///{t}/missing/reviews.db"], "database file not found"),
+    (["serve", "--db", "sqlite:///{t}/missing/reviews.db"], "MODERATION_WEB_SECRET is not set"),
+    (["serve", "--port", "70000"], "--port: must be at most 65535"),
 ]
 
 
