@@ -32,7 +32,7 @@ WORKDIR /src
 COPY pyproject.toml constraints.txt constraints-gpu.txt README.md ./
 COPY moderation/ ./moderation/
 # Package data of the wheel (pyproject.toml): the shipped model and the PostgreSQL DDL.
-COPY models/ko-char-lstm-v2/ ./models/ko-char-lstm-v2/
+COPY models/ko-char-lstm-v3/ ./models/ko-char-lstm-v3/
 COPY sql/ ./sql/
 COPY docker/install-locked.sh /usr/local/bin/install-locked.sh
 
@@ -65,7 +65,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/moderation/dags \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
     MODERATION_SQL_DIR=/opt/moderation/sql \
-    MODERATION_MODEL_DIR=/opt/moderation/models/ko-char-lstm-v2 \
+    MODERATION_MODEL_DIR=/opt/moderation/models/ko-char-lstm-v3 \
     MODERATION_HOME=/opt/moderation/var \
     MODERATION_MODELS_DIR=/opt/moderation/var/models
 

@@ -13,7 +13,7 @@
 #   7. the scoring pool MODERATION_SCORING_POOL (when set; MODERATION_SCORING_POOL_SLOTS slots, default 1)
 set -euo pipefail
 
-SHIPPED_MODEL=/opt/moderation/models/ko-char-lstm-v2
+SHIPPED_MODEL=/opt/moderation/models/ko-char-lstm-v3
 REVIEWS_CONN_ID=reviews_db
 
 die() {

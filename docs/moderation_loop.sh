@@ -51,6 +51,6 @@ moderation reviews import tests/data/reviews_sample.parquet
 airflow dags test review_moderation_nightly "$(date -u +%F -d tomorrow)" >var/nightly2.log 2>&1
 grep -o 'run summary: .*' var/nightly2.log | head -1 | cut -c1-400
 
-step "5. roll back to the shipped model" "moderation models activate ko-char-lstm-v2"
-moderation models activate ko-char-lstm-v2
+step "5. roll back to the shipped model" "moderation models activate ko-char-lstm-v3"
+moderation models activate ko-char-lstm-v3
 moderation models list

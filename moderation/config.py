@@ -29,7 +29,7 @@ PROJECT_ROOT = PACKAGE_DIR.parent
 SHIPPED_MODELS_DIR = PACKAGE_DIR / "_shipped"
 SHIPPED_SQL_DIR = PACKAGE_DIR / "_sql"
 
-DEFAULT_MODEL_NAME = "ko-char-lstm-v2"
+DEFAULT_MODEL_NAME = "ko-char-lstm-v3"
 APP_NAME = "review-moderation"
 
 

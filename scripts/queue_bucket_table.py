@@ -37,7 +37,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, nargs="?", default=ROOT / "models" / "ko-char-lstm-v2")
+    parser.add_argument("model", type=Path, nargs="?", default=ROOT / "models" / "ko-char-lstm-v3")
     parser.add_argument("--movie", type=Path, default=SHARED / "ko_reviews.parquet")
     parser.add_argument("--other", type=Path, default=SHARED / "other_domains.parquet")
     parser.add_argument("--add-to-card", action="store_true", help="choose the queue buckets and write them to card.json")

@@ -27,7 +27,7 @@ from moderation.text import SKIP_EMPTY, SKIP_NOTHING_LEFT, SKIP_NULL, clean_text
 from moderation.vocab import OOV_ID, PAD_ID, CharVocab
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_VOCAB = ROOT / "models" / "ko-char-lstm-v2" / "vocab.json"
+SHIPPED_VOCAB = ROOT / "models" / "ko-char-lstm-v3" / "vocab.json"
 
 #: The alphabet text.py promises, written out independently of its regex.
 ALLOWED = re.compile(r"[\uac00-\ud7a3\u3131-\u3163a-z0-9 !?.,~^;]*")  # 가-힣, ㄱ-ㅎ and ㅏ-ㅣ, a-z, 0-9, space, tone punctuation

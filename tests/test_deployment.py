@@ -575,7 +575,7 @@ def test_init_script_sets_up_airflow_the_reviews_db_and_the_model() -> None:
     assert "airflow db migrate" in text
     assert 'moderation db init --db "$MODERATION_DB_URL"' in text
     assert 'moderation models register "$SHIPPED_MODEL" --activate --db "$MODERATION_DB_URL"' in text
-    assert "SHIPPED_MODEL=/opt/moderation/models/ko-char-lstm-v2" in text
+    assert "SHIPPED_MODEL=/opt/moderation/models/ko-char-lstm-v3" in text
     assert f"REVIEWS_CONN_ID={REVIEWS_CONN_ID}" in text and 'airflow connections add "$REVIEWS_CONN_ID"' in text
     assert "--conn-type postgres" in text
     for script in (INIT_SCRIPT, PG_INIT_SCRIPT):

@@ -55,3 +55,18 @@ def test_shop_reviews_get_shop_verdicts(shipped) -> None:  # type: ignore[no-unt
     negative = scorer.score_texts(SHOP_NEGATIVE)
     assert not positive.flagged.any(), dict(zip(SHOP_POSITIVE, positive.score.round(3)))
     assert negative.flagged.all(), dict(zip(SHOP_NEGATIVE, negative.score.round(3)))
+
+
+def test_an_earlier_shipped_bundle_never_changes() -> None:
+    """Installations registered v2 by its fingerprint: v3 carries the card change, v2 stays byte for byte."""
+    from moderation.model import bundle_fingerprint
+
+    models = config.default_model_dir().parent
+    v2, v3 = models / "ko-char-lstm-v2", models / "ko-char-lstm-v3"
+    assert bundle_fingerprint(v2) == "3bf5c1e1d50e7dbad752bb3c049c509d35b5dfe9086bcfb20d288d0d1248a1a4"
+    for name in ("model.keras", "vocab.json"):
+        assert (v3 / name).read_bytes() == (v2 / name).read_bytes()
+    old, new = verify_bundle(v2), verify_bundle(v3)
+    assert new.training["same_network_as"]["version"] == "ko-char-lstm-v2"
+    assert (new.threshold, new.operating_points) == (old.threshold, old.operating_points)
+    assert not old.queue_buckets and new.queue_buckets

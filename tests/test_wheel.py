@@ -64,8 +64,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path, uv_env: dic
 
 def test_wheel_carries_the_package_and_its_data_but_not_the_tooling(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"moderation/_shipped/ko-char-lstm-v2/card.json", "moderation/_shipped/ko-char-lstm-v2/model.keras",
-            "moderation/_shipped/ko-char-lstm-v2/vocab.json", "moderation/_sql/schema.sql",
+    assert {"moderation/_shipped/ko-char-lstm-v3/card.json", "moderation/_shipped/ko-char-lstm-v3/model.keras",
+            "moderation/_shipped/ko-char-lstm-v3/vocab.json", "moderation/_sql/schema.sql",
             "moderation/migrations/versions/0001_baseline.py", "moderation/cli/__init__.py"} <= names
     assert not [n for n in names if "bench" in n or "demo" in n or "shop_reviews" in n]
     assert not [n for n in names if "ko-char-lstm-v1" in n or n.endswith(".png")]
