@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="slots of the moderation_scoring pool (default: CPU count)")
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process run beside it")
     parser.add_argument("--label", default="", help="a word stored with the results (e.g. before/after)")
+    parser.add_argument("--checkout", type=Path, default=None,
+                        help="run another checkout's DAGs and package (e.g. a worktree of an earlier commit, "
+                             "for a before/after pair on one machine); default: this one")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench_scheduler.json")
     parser.add_argument("--keep-home", action="store_true", help="keep AIRFLOW_HOME (logs) for a look afterwards")
     return parser
@@ -92,12 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from moderation import config
 
     model_dir = (args.model or config.default_model_dir()).resolve()
+    if args.checkout is not None:  # its package first on the path of every process started from here
+        args.checkout = args.checkout.resolve()
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.checkout), os.environ.get("PYTHONPATH")]))
     cpus = os.cpu_count() or 2
     if args.conf and args.trigger != "manual":
         raise SystemExit("--conf needs --trigger manual: a scheduled run takes the Params' defaults")
     settings = {"reviews": args.reviews, "conf": args.conf, "label": args.label, "trigger": args.trigger,
                 "parallelism": args.parallelism or max(4, cpus + 2), "pool_slots": args.pool_slots or cpus,
-                "model_dir": str(model_dir), "reuse_db": args.reuse_db}
+                "model_dir": str(model_dir), "reuse_db": args.reuse_db,
+                "checkout": str(args.checkout or REPO_ROOT), "checkout_commit": _commit(args.checkout or REPO_ROOT)}
     results: dict[str, Any] = {"machine": bench.machine_facts(_bench_settings(args, model_dir)),
                                "settings": settings, "nights": []}
     frame = bench.load_corpus(args.corpus)
@@ -120,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _progress(f"wrote {args.out}")
     print(summary_table(results["nights"]), flush=True)
     return 0
+
+
+def _commit(checkout: Path) -> str | None:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    return done.stdout.strip() or None
 
 
 def _bench_settings(args: argparse.Namespace, model_dir: Path) -> Any:
@@ -204,7 +216,7 @@ def scheduler_night(args: argparse.Namespace, settings: dict[str, Any], reviews_
     """Start Airflow, trigger one night, wait for it, read its timings; Airflow stopped and dropped after."""
     with airflow_metadata_db(args.pg_url) as meta_url, tempfile.TemporaryDirectory(prefix="airflow-sched-") as tmp:
         home = Path(tmp)
-        env = airflow_env(home, meta_url, reviews_url, settings)
+        env = airflow_env(home, meta_url, reviews_url, settings, Path(settings["checkout"]))
         _airflow(env, "db", "migrate")
         _airflow(env, "pools", "set", "moderation_scoring", str(settings["pool_slots"]),
                  "Nightly scoring tasks at once")
@@ -253,7 +265,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def airflow_env(home: Path, meta_url: str, reviews_url: str, settings: dict[str, Any]) -> dict[str, str]:
+def airflow_env(home: Path, meta_url: str, reviews_url: str, settings: dict[str, Any],
+                checkout: Path = REPO_ROOT) -> dict[str, str]:
     """Airflow as a small production install: LocalExecutor, PostgreSQL metadata, the repository's DAGs."""
     from sqlalchemy.engine import make_url
 
@@ -264,7 +277,7 @@ def airflow_env(home: Path, meta_url: str, reviews_url: str, settings: dict[str,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": str(settings["parallelism"]),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(checkout / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True" if settings["trigger"] == "schedule" else "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
