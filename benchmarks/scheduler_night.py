@@ -49,12 +49,13 @@ from pathlib import Path
 from typing import Any
 
 import bench  # benchmarks/bench.py: corpus sample, seeding, the in-process run
+from moderation.airflow_support import TASK_PHASES_MARK
 
 REPO_ROOT = bench.REPO_ROOT
 DAG_ID = "review_moderation_nightly"
 AIRFLOW_BIN = Path(sys.executable).with_name("airflow")
 #: The ``task phases`` log line the DAG's tasks write (moderation.airflow_support.TaskPhases).
-PHASES_MARK = "task phases "
+PHASES_MARK = TASK_PHASES_MARK
 #: Tables a nightly run writes: emptied between runs so the next run scores everything again.
 SCORING_TABLES = ("moderation_events", "moderation_queue", "review_scores", "scoring_runs")
 START_TIMEOUT_S = 300
@@ -85,11 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "for a before/after pair on one machine); default: this one")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench_scheduler.json")
     parser.add_argument("--keep-home", action="store_true", help="keep AIRFLOW_HOME (logs) for a look afterwards")
+    parser.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="measure nothing: print the Markdown tables of these result files (e.g. before, after)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report:
+        print(markdown_report([json.loads(path.read_text(encoding="utf-8")) for path in args.report]))
+        return 0
     if not args.corpus.is_file():
         raise SystemExit(f"corpus not found: {args.corpus}")
     from moderation import config
@@ -479,6 +485,40 @@ def summary_table(nights: list[dict[str, Any]]) -> str:
     return bench.format_table("Nightly DAG under the scheduler (trigger to success) and in one process",
                               ["reviews", "chunks", "scheduler wall s", "scheduler reviews/s",
                                "largest task peak RSS MiB", "in-process wall s", "in-process reviews/s"], rows)
+
+
+def markdown_report(results: list[dict[str, Any]]) -> str:
+    """docs/performance.md's tables: every night of every result file, then each night's tasks."""
+    lines = ["| label | commit | reviews | chunks | trigger to success s | reviews/s | largest task peak RSS MiB "
+             "| in-process wall s | in-process reviews/s | load at start |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        label = result["settings"].get("label") or "-"
+        commit = (result["settings"].get("checkout_commit") or result["machine"].get("git_commit") or "")[:7]
+        load = (result["machine"].get("load_average_start") or ["-"])[0]
+        for night in result["nights"]:
+            inproc = night.get("in_process") or {}
+            wall = inproc.get("wall_seconds")
+            lines.append(f"| {label} | {commit} | {night['reviews']:,} | {night['chunks']} | "
+                         f"{night['wall_seconds']:.1f} | {night['reviews_per_s']:,.0f} | "
+                         f"{_md(night.get('peak_rss_mb'))} | {_md(wall)} | "
+                         f"{_md(night['reviews'] / wall if wall else None)} | {load} |")
+    for result in results:
+        for night in result["nights"]:
+            lines += ["", f"{result['settings'].get('label') or 'run'}, {night['reviews']:,} reviews, "
+                          f"{night['wall_seconds']:.1f} s:", "",
+                      "| " + " | ".join(TASK_COLUMNS) + " |", "|" + "---|" * len(TASK_COLUMNS)]
+            for task in night["tasks"]:
+                lines.append("| " + " | ".join(_md(task.get(column)) for column in TASK_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _md(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _progress(message: str) -> None:
