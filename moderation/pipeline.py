@@ -155,11 +155,9 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
     check_one_threshold_choice(threshold, operating_point)
     if end <= start:
         raise ValueError(f"interval end {end} is not after its start {start}")
-    for name, value in (("chunk size", chunk_size), ("scoring slots", scoring_slots)):
-        if value is None and name == "chunk size":
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputDataError(f"{name} must be a whole number of at least 1, not {value!r}")
+    if chunk_size is not None:
+        _require_count(chunk_size, "chunk size")
+    _require_count(scoring_slots, "scoring slots")
     engine = _engine(db_url)
     migrations.require_head(engine)  # never score into a schema the code does not know
     with db.translate_errors(engine), engine.connect() as conn:
@@ -204,6 +202,11 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
                    model=model, chunks=chunks, reviews=total, ingested=int(ingested))
 
 
+def _require_count(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputDataError(f"{name} must be a whole number of at least 1, not {value!r}")
+
+
 #: Most rows ``auto_chunk_size`` puts in one chunk: bounds a scoring task's memory
 #: (one chunk's texts, scores and Parquet table are held at once).
 MAX_AUTO_CHUNK_ROWS = 500_000
@@ -234,7 +237,6 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
     """
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from moderation.scoring import load_scorer
 
