@@ -40,7 +40,6 @@ MODERATION_BIN = Path(sys.executable).with_name("moderation")
 
 #: Fresh-process probes: what each one imports or does, timed inside the process.
 PROBES = {
-    "interpreter": "pass",
     "score-file imports without TensorFlow": "import moderation.cli, moderation.data, moderation.scoring",
     "TensorFlow + Keras import": "import keras",
 }
@@ -84,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                               "--model", str(model_dir)],
         }
         wall = {name: [timed_process(command, env) for _ in range(args.repeats)] for name, command in runs.items()}
-        phases = {name: [probe(code, env) for _ in range(args.repeats)] for name, code in PROBES.items()}
+        phases = {"interpreter start-up and exit (whole process)":
+                  [timed_process([sys.executable, "-c", "pass"], env) for _ in range(args.repeats)]}
+        phases.update({name: [probe(code, env) for _ in range(args.repeats)] for name, code in PROBES.items()})
         phases["model load (after the imports)"] = [
             timed_inner([sys.executable, __file__, "--load-child", str(model_dir)], env) for _ in range(args.repeats)]
     results["wall_seconds"] = wall
