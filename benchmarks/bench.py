@@ -40,6 +40,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import psutil
+from tabulate import tabulate
 
 from moderation import config
 
@@ -275,6 +277,7 @@ def machine_facts(settings: Settings) -> dict[str, Any]:
 
 
 def _cpu_model() -> str | None:
+    """The CPU's name: Linux says it in /proc/cpuinfo only (psutil does not report it)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -284,14 +287,8 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _memory_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
+def _memory_gib() -> float:
+    return round(psutil.virtual_memory().total / 2**30, 1)
 
 
 def _load_average() -> list[float] | None:
@@ -790,13 +787,7 @@ def stage_summary(clock: StageClock, summary: dict[str, Any], wall: float) -> di
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
+    """This process's peak resident memory (Linux's VmHWM; psutil reports only the current RSS), in MiB."""
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -980,14 +971,9 @@ def _batch_clock() -> Any:
 def format_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """An aligned text table: text left, numbers right."""
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join(["", title, line(list(headers)), rule, *(line(r) for r in cells)])
+    align = ["right" if num else "left" for num in numeric]
+    return "\n".join(["", title, tabulate(cells, headers, tablefmt="simple", colalign=align, disable_numparse=True)])
 
 
 def _cell(value: Any) -> str:

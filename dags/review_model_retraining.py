@@ -13,8 +13,8 @@ candidate's thresholds again on the shop's validation products.
 | `snapshot_labels` | writes the labelled reviews (moderator decisions, imported labels, rating labels unless turned off) to Parquet with a fingerprint | path, counts, fingerprint |
 | `enough_new_labels` | ends the run early, as skipped and not failed, when too few labels are new since the active model | yes/no |
 | `train_candidate` | fine-tunes the active model (or trains a new one when `warm_start` is off) on the snapshot's training products, then sets its default threshold and operating points on the validation products (domain `shop`) into `models/<version>/` | version, path, threshold, init_from |
-| `evaluate` | scores the same held-out products with the candidate and the active model: ROC-AUC, balanced accuracy and positives flagged at each one's threshold | both models' metrics |
-| `register_and_promote` | registers the candidate in `model_versions`; makes it active only if the policy allows and sanity checks pass; updates the model Asset | the outcome, its reason and both models' figures |
+| `evaluate` | scores the same held-out products with the candidate and the active model: ROC-AUC, balanced accuracy and positives flagged at each one's threshold; the same on the moderators' audit labels (kept out of training) | both models' metrics, held-out and audit |
+| `register_and_promote` | registers the candidate in `model_versions`; makes it active only if the policy allows and sanity checks pass (judged on the audit labels when there are at least `min_audit_labels` of both classes, else on the held-out rows); updates the model Asset | the outcome, its reason, its basis and both models' figures |
 
 The next nightly run uses whichever version is active. A refused or replaced
 version stays registered: `moderation models activate VERSION` brings it back.
@@ -128,6 +128,9 @@ def register_and_promote(candidate: dict[str, Any], evaluation: dict[str, Any]) 
                                 description="Sample the training products' rows down to this many (empty: all)"),
         "include_base_corpus": Param(False, type="boolean", title="Include the base corpus",
                                      description="Also train on the shared 640k-review corpus (slow: about 80 s per epoch on 2 cores)"),
+        "base_corpus": Param(None, type=["null", "string"], title="Base corpus file",
+                             description="Parquet file of the base corpus (empty: MODERATION_BASE_CORPUS, else "
+                                         "ko_reviews.parquet under MODERATION_HOME)"),
         "promotion_policy": Param("if_better", type="string", enum=["if_better", "always", "never"],
                                   title="Promotion policy",
                                   description="if_better: promote when held-out ROC-AUC improves by more than the minimum"),
@@ -139,6 +142,10 @@ def register_and_promote(candidate: dict[str, Any], evaluation: dict[str, Any]) 
                                                      "shop's positive validation reviews"),
         "metric_floor": Param(0.6, type="number", minimum=0, maximum=1, title="Metric floor",
                               description="Never promote a candidate whose held-out ROC-AUC is below this"),
+        "min_audit_labels": Param(30, type="integer", minimum=1, maximum=100_000, title="Minimum audit labels",
+                                  description="With at least this many moderator labels on audit items (both "
+                                              "classes), promotion compares ROC-AUC on them instead of the "
+                                              "held-out rows"),
     },
 )
 def review_model_retraining() -> None:

@@ -9,7 +9,7 @@ character-LSTM model and queues the likely-negative ones for moderators.
 | `plan` | picks the active model and its threshold, counts the interval's reviews, cuts them into review-id chunks | the plan (model version, path, threshold, operating point, chunks, count) |
 | `list_chunks` | hands the plan's chunks to the mapped task | the chunk list |
 | `score_chunk` | one mapped task per chunk, in the pool `moderation_scoring`: loads the model once, writes scores to Parquet under `MODERATION_RUNS_URL/<run_id>/` | file URL and counts |
-| `publish` | one transaction: upserts scores on (review, model version), queues new flags, records the run; then deletes the run's files | the run summary |
+| `publish` | one transaction: upserts scores on (review, model version), queues new flags (each in its priority bucket), queues the audit sample, records the run; then deletes the run's files | the run summary |
 
 **Idempotent:** nothing is written to the database before `publish` commits, and
 re-running an interval gives the same tables; reviews a moderator already decided
@@ -19,6 +19,10 @@ keep their decision. An empty interval records a run with zero counts.
 
 * Connection `reviews_db` (e.g. env `AIRFLOW_CONN_REVIEWS_DB=postgresql://user@host/reviews`
   or `sqlite:////path/reviews.db`); without it, `MODERATION_DB_URL`, else the embedded SQLite file.
+* Param `audit_sample`: how many of the run's unflagged scored reviews to queue as kind `audit`
+  (moderators' decisions on them estimate recall honestly); empty: the setting
+  `MODERATION_AUDIT_SAMPLE`, default 50; 0 turns sampling off. The sample is seeded by the run id,
+  so a re-run picks the same reviews, and a review already queued is never touched.
 * Params: `threshold` (override the model card's decision threshold with a number) or
   `operating_point` (a named threshold of the active model's card; not both), `chunk_size` (empty:
   the night in `scoring_slots` chunks, or a multiple of it for chunks over 500,000 reviews: every chunk is
@@ -105,14 +109,16 @@ def score_chunk(run_plan: dict[str, Any], chunk: dict[str, Any]) -> dict[str, An
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED)
-def publish(run_plan: dict[str, Any], results: Any = None) -> dict[str, Any]:
-    """Publish every chunk in one transaction, then delete the chunk files; runs (with no results) when there were no chunks."""
+def publish(run_plan: dict[str, Any], results: Any = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Publish every chunk and the audit sample in one transaction, then delete the chunk files; runs (with no results) when there were no chunks."""
     phases = TaskPhases()
     from moderation import airflow_support, pipeline
 
     phases.mark("imports")
+    chosen = (params or {}).get("audit_sample")
+    audit_sample = pipeline.audit_sample_setting() if chosen is None else int(chosen)
     summary = pipeline.publish(airflow_support.reviews_db_url(), run_plan, airflow_support.chunk_results(results),
-                               remove_chunks=True, locate=airflow_support.runs_path)
+                               remove_chunks=True, audit_sample=audit_sample, locate=airflow_support.runs_path)
     phases.mark("work")
     phases.log(rows=summary.get("reviews_read"))
     return summary
@@ -143,6 +149,10 @@ def publish(run_plan: dict[str, Any], results: Any = None) -> dict[str, Any]:
                                              "(precision 0.6 / 0.8 / 0.9 on the default domain's validation "
                                              "rows) or DOMAIN:NAME such as steam:likely. Leave threshold empty "
                                              "when you set this."),
+        "audit_sample": Param(None, type=["null", "integer"], minimum=0, maximum=10_000,
+                              description="Unflagged reviews to queue as audit samples for honest recall "
+                                          "estimates; empty uses MODERATION_AUDIT_SAMPLE (default 50), "
+                                          "0 turns sampling off"),
         "chunk_size": Param(None, type=["null", "integer"], minimum=100, maximum=1_000_000,
                             description="Reviews per mapped scoring task; empty: the night in scoring_slots "
                                         "chunks (more for chunks over 500,000 reviews)"),

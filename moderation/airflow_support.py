@@ -145,7 +145,8 @@ def connection_to_sqlalchemy_url(conn: ConnectionLike) -> str:
     SQLAlchemy wants ``postgresql+psycopg`` and the database in the path. A
     SQLite connection keeps its file in ``host`` (the JSON/UI form) or, when
     given as ``sqlite:////abs/path.db``, in ``schema``. Extras (``sslmode``,
-    ...) become query parameters.
+    ...) become query parameters. (``PostgresHook``'s URL names psycopg2,
+    which the package does not use, and has no SQLite form.)
     """
     from sqlalchemy.engine import URL
 

@@ -19,7 +19,9 @@ negative, 4-5 positive and 3 left out. ``label`` is 1 for NEGATIVE.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import logging
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,35 +29,56 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moderation.errors import NOT_UTF8_HINT, InputDataError
-from moderation.reading import file_kind
+from moderation.errors import InputDataError
+from moderation.reading import (MAX_REJECTIONS_KEPT, Rejection, describe_rejections, file_kind, frame_rejections,
+                                is_utf8, not_utf8, read_parquet_utf8, valid_utf8_text)
+
+log = logging.getLogger(__name__)
 
 TEXT_COLUMN = "text"
 
 
 def read_table(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read Parquet, CSV or TSV into a DataFrame; format by extension."""
+    """Read Parquet, CSV or TSV into a DataFrame; format by extension.
+
+    Lines or rows that are not valid UTF-8 are left out and listed in
+    ``frame.attrs`` (:func:`moderation.reading.frame_rejections`);
+    a file with no valid text is refused (the rule: :mod:`moderation.reading`).
+    """
     path = Path(path)
     if path.is_dir():
         raise InputDataError(f"{path} is a directory, not a review file")
     kind = file_kind(path)
     try:
         if kind == "parquet":
-            return pd.read_parquet(path, columns=columns)
-        if kind == "tsv":
-            return _check_utf8(_read_tsv(path), path)
-        # CSV: invalid UTF-8 is repaired (U+FFFD), as `reviews import` does; a BOM is dropped.
-        frame = pd.read_csv(path, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
-                            encoding="utf-8-sig", encoding_errors="replace")
-        if len(frame.columns) == 1 and TEXT_COLUMN not in frame.columns:
-            hint = _separator_hint(path)
-            if hint:
-                raise InputDataError(f"cannot read {path}: {hint}")
-        return _check_utf8(frame, path)
+            table, rejections = read_parquet_utf8(path, columns)
+            frame = table.to_pandas()
+        elif kind == "tsv":
+            frame, rejections = _read_tsv(path)
+        else:
+            source, rejections = (path, []) if is_utf8(path) else valid_utf8_text(path, ",", csv.QUOTE_MINIMAL)
+            frame = pd.read_csv(source, dtype={TEXT_COLUMN: "string"}, keep_default_na=False, na_values=[],
+                                encoding="utf-8-sig")  # a BOM is dropped
+            if len(frame.columns) == 1 and TEXT_COLUMN not in frame.columns:
+                hint = _separator_hint(path)
+                if hint:
+                    raise InputDataError(f"cannot read {path}: {hint}")
     except pd.errors.ParserError as exc:
         raise InputDataError(f"cannot read {path}: {_parser_hint(path, exc)}") from None
     except (OSError, ValueError) as exc:
         raise InputDataError(f"cannot read {path}: {exc}") from None
+    if rejections and not _texts(frame):
+        raise not_utf8(path, len(rejections))
+    frame.attrs["rejected"] = len(rejections)
+    frame.attrs["rejections"] = rejections[:MAX_REJECTIONS_KEPT]
+    return frame
+
+
+def _texts(frame: pd.DataFrame) -> int:
+    """Non-empty texts (rows, in a file without a text column)."""
+    if TEXT_COLUMN not in frame.columns:
+        return len(frame)
+    return int((frame[TEXT_COLUMN].astype("string").fillna("").str.strip() != "").sum())
 
 
 def _parser_hint(path: Path, exc: Exception) -> str:
@@ -77,41 +100,22 @@ def _separator_hint(path: Path) -> str | None:
     return None
 
 
-def _read_tsv(path: Path) -> pd.DataFrame:
+def _read_tsv(path: Path) -> tuple[pd.DataFrame, list[Rejection]]:
     with path.open(encoding="utf-8", errors="replace") as handle:
         first = handle.readline().lstrip("\ufeff").rstrip("\n").split("\t")
-    options = {"encoding": "utf-8-sig", "encoding_errors": "replace", "keep_default_na": False}
+    source, rejections = (path, []) if is_utf8(path) else valid_utf8_text(path, "\t", csv.QUOTE_NONE)
+    options = {"sep": "\t", "quoting": csv.QUOTE_NONE, "encoding": "utf-8-sig", "keep_default_na": False}
     if first[:3] == ["id", "document", "label"]:
-        frame = pd.read_csv(path, sep="\t", quoting=3, dtype={"document": "string"}, **options)
+        frame = pd.read_csv(source, dtype={"document": "string"}, **options)
         frame = frame.rename(columns={"document": TEXT_COLUMN, "id": "review_id"})
         frame["label"] = 1 - frame["label"].astype(int)  # NSMC: 1 = positive
-        return frame
-    if len(first) == 2 and first[0].strip().isdigit():
-        frame = pd.read_csv(path, sep="\t", quoting=3, header=None, names=["rating", TEXT_COLUMN],
-                            dtype={TEXT_COLUMN: "string"}, **options)
+    elif len(first) == 2 and first[0].strip().isdigit():
+        frame = pd.read_csv(source, header=None, names=["rating", TEXT_COLUMN], dtype={TEXT_COLUMN: "string"},
+                            **options)
         frame.attrs["rating_scale"] = 5
-        return frame
-    return pd.read_csv(path, sep="\t", quoting=3, dtype={TEXT_COLUMN: "string"}, **options)
-
-
-def repaired_texts(frame: pd.DataFrame) -> int:
-    """Texts holding U+FFFD: bytes that were not UTF-8, replaced when the file was read."""
-    if TEXT_COLUMN not in frame.columns or pd.api.types.is_numeric_dtype(frame[TEXT_COLUMN].dtype):
-        return 0
-    return int(frame[TEXT_COLUMN].astype("string").str.contains("\ufffd", regex=False).fillna(False).sum())
-
-
-def _check_utf8(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Invalid UTF-8 in some rows is repaired (U+FFFD); a file where EVERY text needed it is not UTF-8 at all,
-    and scoring or training on its mojibake would give confident nonsense: refuse it."""
-    repaired = repaired_texts(frame)
-    if repaired:
-        present = frame[TEXT_COLUMN].astype("string").fillna("")
-        texts = int((present.str.strip() != "").sum())
-        if repaired == texts:
-            raise InputDataError(f"{path} is not UTF-8: every one of its {texts} texts has bytes that are not "
-                                 f"valid UTF-8 ({NOT_UTF8_HINT})")
-    return frame
+    else:
+        frame = pd.read_csv(source, dtype={TEXT_COLUMN: "string"}, **options)
+    return frame, rejections
 
 
 #: A text that is only a number: a review column holding ids or ratings by mistake.
@@ -169,6 +173,9 @@ def load_labelled(path: Path | str, rating_scale: int | None = None) -> pd.DataF
     """
     frame = read_table(path)
     require_text_column(frame, str(path))
+    rejected, rejections = frame_rejections(frame)
+    if rejected:
+        log.warning("%s: %s", path, describe_rejections(rejected, rejections))
     if "label" in frame.columns:
         labels = pd.to_numeric(frame["label"], errors="coerce").astype("Int8")
     elif "rating" in frame.columns:

@@ -95,6 +95,8 @@ scoring_runs = Table(
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("status", String(16), nullable=False),
     Column("operating_point", String(64), nullable=True),  # named threshold of the card (revision 0003)
+    # Unflagged reviews the run queued as audit samples (revision 0011).
+    Column("reviews_audited", Integer, nullable=False, default=0, server_default=text("0")),
     CheckConstraint("status IN ('running', 'success', 'failed')", name="ck_scoring_runs_status"),
     Index("ix_scoring_runs_interval", "interval_start", "interval_end"),
 )
@@ -127,7 +129,16 @@ moderation_queue = Table(
     Column("decided_at", DateTime(timezone=True), nullable=True),
     Column("note", Text, nullable=True),
     Column("text_version", Integer, nullable=False, server_default=text("1")),  # of the text scored (0007)
-    CheckConstraint("status IN ('pending', 'confirmed', 'dismissed', 'expired')", name="ck_moderation_queue_status"),
+    # Revision 0011: 'flagged' by the model or an 'audit' sample of unflagged reviews; the priority bucket
+    # from the card's operating points at flag time; the claim (a lease that lapses); the decision's reason.
+    Column("kind", String(16), nullable=False, default="flagged", server_default=text("'flagged'")),
+    Column("bucket", String(32), nullable=False, default="flagged", server_default=text("'flagged'")),
+    Column("claimed_by", String(128), nullable=True),
+    Column("claim_expires_at", DateTime(timezone=True), nullable=True),
+    Column("reason", String(32), nullable=True),
+    CheckConstraint("status IN ('pending', 'confirmed', 'dismissed', 'unsure', 'expired')",
+                    name="ck_moderation_queue_status"),
+    CheckConstraint("kind IN ('flagged', 'audit')", name="ck_moderation_queue_kind"),
     Index("ix_moderation_queue_status_flagged", "status", "flagged_at"),
 )
 
@@ -161,14 +172,26 @@ moderation_events = Table(
     Column("text_version", Integer, nullable=True),
     Column("run_id", String(250), nullable=True),
     Column("note", Text, nullable=True),
+    Column("reason", String(32), nullable=True),  # a decision's reason code (revision 0011)
     CheckConstraint("event IN ('queued', 're-scored', 'decided', 're-opened', 'expired')",
                     name="ck_moderation_events_event"),
     Index("ix_moderation_events_review", "review_id", "event_id"),
     Index("ix_moderation_events_at", "at"),
 )
 
+#: The web app's logins (revision 0011); ``password_hash`` is scrypt with a random salt (moderation.accounts).
+moderator_accounts = Table(
+    "moderator_accounts",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False, server_default=text("false")),
+)
+
 #: Tables the package owns, in dependency order.
-TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue, review_labels, moderation_events]
+TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue, review_labels, moderation_events,
+          moderator_accounts]
 #: Views the migrations create: the moderators' queue and the queue's history.
 VIEWS = ["flagged_reviews", "moderation_history"]
 
@@ -276,6 +299,10 @@ def batches(values: Sequence[Any], size: int = IN_BATCH) -> Iterator[Sequence[An
         yield values[start:start + size]
 
 
+# ---------------------------------------------------------------- SQLite and PostgreSQL differences
+# Where the two databases need different statements, the difference lives here, once.
+
+
 def dialect_insert(conn: Connection) -> Any:
     """The dialect's INSERT, which has ``on_conflict_do_update`` on both databases."""
     if conn.dialect.name == "postgresql":
@@ -283,6 +310,91 @@ def dialect_insert(conn: Connection) -> Any:
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert
+
+
+def id_in(conn: Connection, column: Any, ids: Sequence[int]) -> Any:
+    """``column IN ids``; on PostgreSQL one array parameter instead of thousands of bound values."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy import ARRAY, any_, bindparam
+
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger)))
+    return column.in_(ids)
+
+
+#: Keys of PostgreSQL's transaction-scoped advisory locks.
+MIGRATION_LOCK = 1297040712
+PUBLISH_LOCK = 0x5EED_0001
+
+
+def advisory_lock(conn: Connection, key: int) -> None:
+    """PostgreSQL: wait for the transaction-scoped advisory lock ``key`` (released at commit); SQLite: nothing."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def lock_interval(conn: Connection) -> None:
+    """Serialise publishers of scoring runs: two runs of one interval never interleave their writes.
+
+    PostgreSQL: the advisory lock :data:`PUBLISH_LOCK`. SQLite: its one write
+    lock, taken now (by an update that matches no row) rather than at the
+    first write, so a second publisher waits before reading, not after.
+    """
+    if conn.dialect.name == "postgresql":
+        advisory_lock(conn, PUBLISH_LOCK)
+    else:
+        conn.execute(scoring_runs.update().where(scoring_runs.c.run_id == "\0lock").values(status="running"))
+
+
+def copy_arrow(conn: Connection, table_name: str, rows: Any) -> None:
+    """PostgreSQL's COPY from an Arrow table, written as CSV by Arrow (nulls as empty fields)."""
+    import io
+
+    import pyarrow.csv as pacsv
+
+    buffer = io.BytesIO()
+    pacsv.write_csv(rows, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    columns = ", ".join(rows.column_names)
+    cursor = conn.connection.driver_connection.cursor()
+    with cursor, cursor.copy(f"COPY {table_name} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+        copy.write(buffer.getvalue())
+
+
+def copy_upsert(conn: Connection, table: Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
+    """PostgreSQL: COPY rows into a temporary copy of ``table``, then one INSERT ... ON CONFLICT (key) from it.
+
+    Far fewer round trips than ``executemany`` for a large batch. The SQL
+    names only ``table`` and its columns (from the metadata, quoted by the
+    dialect); the values travel as COPY rows. A driver error becomes a
+    :class:`DatabaseError`.
+    """
+    import psycopg
+
+    if not rows:
+        return
+    names = list(rows[0])
+    unknown = [name for name in names if name not in table.c]
+    if unknown or key not in names:
+        raise ValueError(f"copy_upsert into {table.name}: unknown columns {unknown} or key {key!r} missing")
+    quote = conn.dialect.identifier_preparer.quote
+    target, stage = quote(table.name), quote(f"{table.name}_copy_stage")
+    columns = ", ".join(quote(name) for name in names)
+    updates = ", ".join(f"{quote(name)} = EXCLUDED.{quote(name)}" for name in names if name != key)
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    try:
+        with driver.cursor() as cursor:
+            cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {target} INCLUDING DEFAULTS) "
+                           f"ON COMMIT DROP")
+            cursor.execute(f"TRUNCATE {stage}")
+            with cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(tuple(row[name] for name in names))
+            cursor.execute(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM {stage} "
+                           f"ON CONFLICT ({quote(key)}) DO UPDATE SET {updates}")
+    except psycopg.Error as exc:
+        message = str(exc).strip()
+        raise DatabaseError(f"database error on {conn.engine.url.render_as_string(hide_password=True)}: "
+                            f"{message.splitlines()[0] if message else type(exc).__name__}") from exc
 
 
 def require_tables(conn: Connection, *tables: Table) -> None:

@@ -33,6 +33,14 @@ class DecisionError(ModerationError):
     """A moderator decision cannot be recorded (unknown or unflagged review)."""
 
 
+class ClaimError(DecisionError):
+    """Another moderator holds a live claim on the review (or the claim cannot be taken)."""
+
+
+class AccountError(ModerationError):
+    """A moderator account cannot be created or changed (bad name, short password, unknown account)."""
+
+
 class SettingError(ModerationError, ValueError):
     """An environment setting has a value the package cannot use (still a ValueError for callers)."""
 

@@ -24,13 +24,12 @@ and corrects values but never erases them: a file without products, ratings or
 dates keeps what the table already knows.
 
 Broken rows are rejected with their line (CSV/TSV, 1-based, header included)
-or row (Parquet, 1-based) and the reason; the rest load. NUL characters are
-removed (PostgreSQL text cannot hold them) and lone surrogates (undecodable
-bytes) become U+FFFD; such rows count as ``repaired``. A file in which EVERY text
-has undecodable bytes is not UTF-8 at all (a CP949/EUC-KR export) and is refused,
-so mojibake never overwrites stored texts. Everything is written in
-one transaction, in batches: ``executemany`` upserts, or ``COPY`` into a
-staging table on PostgreSQL.
+or row (Parquet, 1-based) and the reason; the rest load. A line that is not
+valid UTF-8 is rejected too, and a file with no valid text refused, as every
+reader does (:mod:`moderation.reading`), so mojibake never overwrites stored
+texts. NUL characters are removed (PostgreSQL text cannot hold them); such rows
+count as ``repaired``. Everything is written in one transaction, in batches:
+``executemany`` upserts, or ``COPY`` into a staging table on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -47,12 +46,13 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, Connection, Engine, any_, bindparam, inspect, select
+from sqlalchemy import Connection, Engine, inspect, select
 
 from moderation import db
-from moderation.errors import NOT_UTF8_HINT, DatabaseError, InputDataError
+from moderation.errors import DatabaseError, InputDataError
 from moderation.progress import progress as progress_bar
-from moderation.reading import INTEGER, MAX_BIGINT, Rejecting, Rejection, file_kind
+from moderation.reading import (INTEGER, INVALID_UTF8, MAX_BIGINT, Rejecting, Rejection, arrow_values, check_header,
+                                delimited_records, describe_rejections, file_kind, not_utf8, undecodable)
 from moderation.timeutil import utc, utc_now
 
 #: A text that is only a number.
@@ -75,8 +75,6 @@ ALIASES = {
     "label": ("label",),
 }
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
 
 @dataclass
 class ImportReport(Rejecting):
@@ -88,21 +86,16 @@ class ImportReport(Rejecting):
     updated: int = 0  # known reviews whose values changed
     unchanged: int = 0
     rejected: int = 0
-    repaired: int = 0  # kept after removing NULs or replacing lone surrogates
+    repaired: int = 0  # kept after removing NULs
     rejections: list[Rejection] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self, first: int = 5) -> str:
         """One line for a log or a terminal; names the first rejected lines."""
-        text = (f"{self.path} ({self.source_format}): {self.rows_read} rows read, {self.loaded} loaded, "
-                f"{self.updated} updated, {self.unchanged} unchanged, {self.rejected} rejected")
-        if self.repaired:
-            text += f", {self.repaired} repaired"
-        if self.rejections and first > 0:
-            shown = "; ".join(f"{self.unit} {r.line}: {r.reason}" for r in self.rejections[:first])
-            more = self.rejected - min(first, len(self.rejections))
-            text += f" ({shown}{f'; and {more} more' if more else ''})"
-        return text
+        return (f"{self.path} ({self.source_format}): {self.rows_read} rows read, {self.loaded} loaded, "
+                f"{self.updated} updated, {self.unchanged} unchanged"
+                f"{f', {self.repaired} repaired' if self.repaired else ''}, "
+                f"{describe_rejections(self.rejected, self.rejections, self.unit, first)}")
 
 
 @dataclass(frozen=True)
@@ -147,7 +140,7 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
     source = _open_source(path)
     report = ImportReport(path=str(path), source_format=source.fmt, unit=source.unit)
     seen: dict[int, int] = {}
-    texts = numbers = undecodable = 0  # non-empty texts, those only a number (a wrong column?), those not UTF-8
+    texts = numbers = not_decoded = 0  # non-empty texts, those only a number (a wrong column?), lines not UTF-8
     with closing(source.rows), db.translate_errors(engine), engine.begin() as conn, \
             progress_bar("importing", source.total, unit="rows", enabled=progress) as done:
         if not inspect(conn).has_table(db.reviews.name):
@@ -160,6 +153,9 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
             try:
                 if isinstance(values, str):
                     raise _Bad(values)
+                if undecodable(values.values()):
+                    not_decoded += 1
+                    raise _Bad(INVALID_UTF8)
                 row, repaired = _parse(values, source, line)
             except _Bad as exc:
                 report.reject(line, str(exc))
@@ -172,7 +168,6 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
             if row.text is not None and row.text.strip():
                 texts += 1
                 numbers += bool(_NUMBER_ONLY.fullmatch(row.text))
-                undecodable += bool(repaired and "\ufffd" in row.text)
             report.repaired += repaired
             batch.append(row)
             if len(batch) >= BATCH_SIZE:
@@ -181,9 +176,8 @@ def import_reviews(engine: Engine, path: Path | str, spread_days: int | None = N
         if texts and numbers == texts:  # raised inside the transaction: nothing is written
             raise InputDataError(f"{path}: every text is a number (is the text column the right one?); "
                                  f"nothing imported")
-        if texts and undecodable == texts:  # a whole file in another encoding would overwrite texts with mojibake
-            raise InputDataError(f"{path} is not UTF-8: every one of its {texts} texts has bytes that are not "
-                                 f"valid UTF-8 ({NOT_UTF8_HINT}); nothing imported")
+        if not_decoded and not texts:  # a whole file in another encoding: say so, not just reject every line
+            raise not_utf8(path, not_decoded)
         _write_batch(conn, batch, now, spread_days, report)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
@@ -247,19 +241,10 @@ def _parquet_source(path: Path) -> _Source:
         number = 0
         try:
             for batch in parquet.iter_batches(batch_size=BATCH_SIZE, columns=list(wanted.values())):
-                columns = {}
-                for canonical, name in wanted.items():
-                    column = batch.column(name)
-                    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-                        # Bytes, decoded here: invalid UTF-8 becomes surrogates, replaced later.
-                        column = column.cast(pa.large_binary())
-                        columns[canonical] = [None if v is None else v.decode("utf-8", "surrogateescape")
-                                              for v in column.to_pylist()]
-                    else:
-                        columns[canonical] = column.to_pylist()
+                columns = {canonical: arrow_values(batch.column(name)) for canonical, name in wanted.items()}
                 for i in range(batch.num_rows):
                     number += 1
-                    yield number, {canonical: values[i] for canonical, values in columns.items()}
+                    yield number, {canonical: column[i] for canonical, column in columns.items()}
         except (OSError, ValueError, pa.ArrowException) as exc:
             raise InputDataError(f"cannot read {path} after row {number}: {exc}") from None
 
@@ -267,32 +252,16 @@ def _parquet_source(path: Path) -> _Source:
 
 
 def _csv_source(path: Path) -> _Source:
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))  # long texts are data, not errors
-
-    def records() -> Iterator[tuple[int, list[str]]]:
-        """(first line of the record, fields); quoted fields may span lines."""
-        with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
-            reader = csv.reader(handle)
-            while True:
-                line = reader.line_num + 1
-                try:
-                    fields = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as exc:
-                    raise InputDataError(f"cannot read {path} line {line}: {exc}") from None
-                if fields:  # blank lines are skipped
-                    yield line, fields
-
-    header_records = records()
-    header = next(header_records, (1, []))[1]
+    header_records = delimited_records(path, ",", csv.QUOTE_MINIMAL)
+    header = next(header_records, (1, [], ""))[1]
     header_records.close()
+    check_header(header, path)
     found = _resolve(header, path)
 
     def rows() -> _Rows:
-        body = records()
+        body = delimited_records(path, ",", csv.QUOTE_MINIMAL)
         next(body, None)  # the header
-        for line, fields in body:
+        for line, fields, _ in body:
             yield line, _fields(fields, header, found)
 
     return _Source("csv", "line", set(found), rows())
@@ -330,6 +299,7 @@ def _tsv_source(path: Path) -> _Source:
     elif len(head) >= 2 and head[0].strip().isdigit():
         fmt, header, found = "shopping", [], {"rating": 0, "text": 1}
     else:
+        check_header(head, path)
         fmt, header, found = "tsv", head, _resolve(head, path)
 
     def rows() -> _Rows:
@@ -424,7 +394,6 @@ def _clean_text(value: Any) -> tuple[str | None, bool]:
         return None, False
     text = value if isinstance(value, str) else str(value)
     cleaned = text.replace("\x00", "")
-    cleaned = _SURROGATE.sub("\ufffd", cleaned)
     return cleaned, cleaned != text
 
 
@@ -436,7 +405,6 @@ def _short(value: Any) -> str:
 # --- writing -----------------------------------------------------------------
 
 _COLUMNS = ("review_id", "product_id", "rating", "text", "created_at", "ingested_at")
-_STAGE = "import_reviews_stage"
 
 
 def _write_batch(conn: Connection, batch: list[_Row], now: datetime, spread_days: int | None,
@@ -446,11 +414,8 @@ def _write_batch(conn: Connection, batch: list[_Row], now: datetime, spread_days
         return
     t = db.reviews.c
     ids = [row.review_id for row in batch]
-    # PostgreSQL: one array parameter instead of thousands of bound values.
-    wanted = (t.review_id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger)))
-              if conn.dialect.name == "postgresql" else t.review_id.in_(ids))
     stored = {r.review_id: r for r in conn.execute(
-        select(t.review_id, t.product_id, t.rating, t.text, t.created_at).where(wanted))}
+        select(t.review_id, t.product_id, t.rating, t.text, t.created_at).where(db.id_in(conn, t.review_id, ids)))}
     out: list[dict[str, Any]] = []
     for row in batch:
         old = stored.get(row.review_id)
@@ -478,49 +443,10 @@ def _write_batch(conn: Connection, batch: list[_Row], now: datetime, spread_days
     if not out:
         return
     if conn.dialect.name == "postgresql":
-        _copy_upsert(conn, out)
+        db.copy_upsert(conn, db.reviews, "review_id", out)
     else:
-        _executemany_upsert(conn, out)
-
-
-def _executemany_upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(db.reviews)
-    conn.execute(
-        insert.on_conflict_do_update(
+        insert = db.dialect_insert(conn)(db.reviews)
+        conn.execute(insert.on_conflict_do_update(
             index_elements=[db.reviews.c.review_id],
             set_={name: insert.excluded[name] for name in _COLUMNS if name != "review_id"},
-        ),
-        rows,
-    )
-
-
-def _copy_upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL: COPY the batch into a temporary table, then one INSERT ... ON CONFLICT from it."""
-    import psycopg
-
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    columns = ", ".join(_COLUMNS)
-    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in _COLUMNS if name != "review_id")
-    try:
-        _copy_batch(driver, rows, columns, updates)
-    except psycopg.Error as exc:
-        raise DatabaseError(f"database error on {conn.engine.url.render_as_string(hide_password=True)}: "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
-
-
-def _copy_batch(driver: Any, rows: list[dict[str, Any]], columns: str, updates: str) -> None:
-    with driver.cursor() as cursor:
-        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} "
-                       f"(LIKE {db.reviews.name} INCLUDING DEFAULTS) ON COMMIT DROP")
-        cursor.execute(f"TRUNCATE {_STAGE}")
-        with cursor.copy(f"COPY {_STAGE} ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(tuple(row[name] for name in _COLUMNS))
-        cursor.execute(
-            f"INSERT INTO {db.reviews.name} ({columns}) SELECT {columns} FROM {_STAGE} "
-            f"ON CONFLICT (review_id) DO UPDATE SET {updates}"
-        )
+        ), out)

@@ -24,7 +24,8 @@ from sqlalchemy import Connection, Engine, case, func, literal, or_, select
 from moderation import db
 from moderation.data import rating_bands
 from moderation.errors import InputDataError
-from moderation.reading import INTEGER, MAX_BIGINT, Rejecting, Rejection, file_kind
+from moderation.reading import (INTEGER, INVALID_UTF8, MAX_BIGINT, Rejecting, Rejection, arrow_values, check_header,
+                                delimited_records, describe_rejections, file_kind, not_utf8, undecodable)
 from moderation.timeutil import utc_now
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,11 @@ class LabelImportReport(Rejecting):
     rejected: int = 0
     rejections: list[Rejection] = field(default_factory=list)
 
-    def summary(self) -> str:
+    def summary(self, first: int = 0) -> str:
+        """One line; ``first`` > 0 names the first rejected lines."""
         return (f"{self.path} ({self.source_format}): {self.rows_read} rows read, {self.loaded} labels loaded, "
-                f"{self.updated} updated, {self.unchanged} unchanged, {self.rejected} rejected")
+                f"{self.updated} updated, {self.unchanged} unchanged, "
+                f"{describe_rejections(self.rejected, self.rejections, self.unit, first)}")
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,9 @@ def import_labels(engine: Engine, path: Path | str) -> LabelImportReport:
 
     Labels are 1/0 (1 = negative) or the words negative/positive; an NSMC
     file (``id, document, label``, 1 = positive) is flipped as everywhere
-    else. Rows with a bad id or label, a repeated id or a review the table
-    does not hold are rejected with their number; the rest load in one
+    else. Rows with a bad id or label, a repeated id, a review the table
+    does not hold or bytes that are not UTF-8 (:mod:`moderation.reading`)
+    are rejected with their number; the rest load in one
     transaction. A label equal to the stored one is left untouched, so its
     time still says when it was first learnt.
     """
@@ -130,32 +134,27 @@ def _parquet_labels(path: Path) -> _LabelSource:
         table = pq.read_table(path, columns=[names[ids_at], names[label_at]])
     except (OSError, ValueError) as exc:
         raise InputDataError(f"cannot read {path}: {exc}") from None
-    ids, labels = table.column(0).to_pylist(), table.column(1).to_pylist()
+    ids, labels = arrow_values(table.column(0)), arrow_values(table.column(1))
     rows = [(i + 1, rid, label) for i, (rid, label) in enumerate(zip(ids, labels))]
     return _LabelSource("nsmc" if nsmc else "parquet", "row", nsmc, rows)
 
 
 def _delimited_labels(path: Path, delimiter: str) -> _LabelSource:
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+    records = delimited_records(path, delimiter, quoting)
+    header = next(records, None)
+    if header is None:
+        raise InputDataError(f"{path} is empty: it needs a header with review_id and label")
+    check_header(header[1], path)
+    ids_at, label_at, nsmc = _label_columns(header[1], path)
     rows: list[tuple[int, Any, Any]] = []
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-            header = next(reader, None)
-            if header is None:
-                raise InputDataError(f"{path} is empty: it needs a header with review_id and label")
-            ids_at, label_at, nsmc = _label_columns(header, path)
-            line = reader.line_num
-            for record in reader:
-                start, line = line + 1, reader.line_num
-                if not record or all(not value.strip() for value in record):
-                    continue
-                if max(ids_at, label_at) >= len(record):
-                    rows.append((start, None, _Missing()))
-                    continue
-                rows.append((start, record[ids_at], record[label_at]))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise InputDataError(f"cannot read {path}: {exc}") from None
+    for start, record, _ in records:
+        if all(not value.strip() for value in record):
+            continue
+        if max(ids_at, label_at) >= len(record):
+            rows.append((start, None, _Missing()))
+            continue
+        rows.append((start, record[ids_at], record[label_at]))
     fmt = "nsmc" if nsmc else ("csv" if delimiter == "," else "tsv")
     return _LabelSource(fmt, "line", nsmc, rows)
 
@@ -167,10 +166,15 @@ class _Missing:
 def _parse_label_rows(source: _LabelSource, report: LabelImportReport) -> dict[int, tuple[int, int]]:
     """review id -> (line, label) for the rows that parse; the rest are rejected."""
     parsed: dict[int, tuple[int, int]] = {}
+    not_decoded = 0
     for line, raw_id, raw_label in source.rows:
         report.rows_read += 1
         if isinstance(raw_label, _Missing):
             report.reject(line, "too few fields for the review_id and label columns")
+            continue
+        if undecodable([raw_id, raw_label]):
+            not_decoded += 1
+            report.reject(line, INVALID_UTF8)
             continue
         try:
             rid = _review_id(raw_id)
@@ -182,6 +186,8 @@ def _parse_label_rows(source: _LabelSource, report: LabelImportReport) -> dict[i
             report.reject(line, f"duplicate review_id {rid} (first at {source.unit} {parsed[rid][0]})")
             continue
         parsed[rid] = (line, label)
+    if not_decoded and not_decoded == report.rows_read:  # a whole file in another encoding: say so
+        raise not_utf8(report.path, not_decoded, "lines")
     return parsed
 
 
@@ -343,3 +349,30 @@ def labelled_snapshot(engine: Engine, include_rating: bool = False) -> pd.DataFr
     return frame.astype({"review_id": "int64", "text": "object", "label": "int8", "source": "object",
                          "product_id": "int64"})
 
+
+
+def audit_labels(engine: Engine) -> pd.DataFrame:
+    """Moderator labels on audit items: an unbiased sample of what the model let through, and judged.
+
+    Audit items are unflagged reviews sampled at random each night
+    (:mod:`moderation.pipeline`), so their labels estimate a model's recall
+    and precision without the bias of the flag queue. Same rules as
+    :func:`labelled_snapshot`: the label must be for the review's current text,
+    and the text non-empty. Columns ``review_id``, ``text``, ``label``,
+    ``product_id``; 'unsure' decisions have no label and are not here.
+    """
+    lab, r, q = db.review_labels.c, db.reviews.c, db.moderation_queue.c
+    query = (
+        select(lab.review_id, r.text, lab.label, r.product_id)
+        .join_from(db.review_labels, db.reviews, lab.review_id == r.review_id)
+        .join(db.moderation_queue, q.review_id == lab.review_id)
+        .where(lab.source == "moderator", q.kind == "audit", q.status.in_(["confirmed", "dismissed"]),
+               or_(lab.text_version.is_(None), lab.text_version == r.text_version),
+               r.text.is_not(None), r.text != "")
+        .order_by(lab.review_id)
+    )
+    with db.translate_errors(engine), engine.connect() as conn:
+        db.require_tables(conn, db.reviews, db.review_labels, db.moderation_queue)
+        rows = conn.execute(query).tuples().all()
+    frame = pd.DataFrame(rows, columns=["review_id", "text", "label", "product_id"])
+    return frame.astype({"review_id": "int64", "text": "object", "label": "int8", "product_id": "int64"})

@@ -17,7 +17,9 @@ Stages, each safe to retry:
    are bulk-loaded into a temporary staging table (COPY on PostgreSQL), then
    set-based statements upsert the scores on (review, model version) with
    their text version, move the queue (queue new flags; re-score, expire or
-   re-open rows whose model or text changed), append each transition to
+   re-open rows whose model or text changed; each flag gets the priority
+   bucket its score reaches among the card's operating points), queue a
+   small audit sample of unflagged reviews, append each transition to
    ``moderation_events``, and record the run. A score for a text that has
    changed since, or for a review deleted since, is left out.
 
@@ -30,8 +32,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -57,13 +61,13 @@ from sqlalchemy import (
     or_,
     literal,
     select,
-    text,
     true,
 )
 
 from moderation import config, db, migrations
-from moderation.errors import DatabaseError, InputDataError
+from moderation.errors import DatabaseError, InputDataError, SettingError
 from moderation.model import check_one_threshold_choice
+from moderation.queue import bucket_expression
 from moderation.registry import ModelChoice, active_model
 from moderation.timeutil import utc, utc_now
 
@@ -89,6 +93,12 @@ _staging = Table(
     postgresql_on_commit="DROP",
 )
 RATE_HISTORY = 7
+#: Unflagged reviews each nightly run queues as an audit sample, unless the setting or the DAG Param says.
+DEFAULT_AUDIT_SAMPLE = 50
+AUDIT_SAMPLE_ENV = "MODERATION_AUDIT_SAMPLE"
+MAX_AUDIT_SAMPLE = 10_000
+#: A prime below 2**31: the audit order hashes review ids modulo it, in 64-bit integer arithmetic.
+_AUDIT_PRIME = 2_147_483_647
 
 
 @dataclass
@@ -297,15 +307,37 @@ def _write_whole(table: Any, path: Any) -> None:
         pq.write_table(table, sink)
 
 
+def audit_sample_setting(env: dict[str, str] | None = None) -> int:
+    """``MODERATION_AUDIT_SAMPLE`` (0 turns sampling off), else :data:`DEFAULT_AUDIT_SAMPLE`."""
+    configured = (os.environ if env is None else env).get(AUDIT_SAMPLE_ENV, "").strip()
+    if not configured:
+        return DEFAULT_AUDIT_SAMPLE
+    try:
+        return check_audit_sample(int(configured))
+    except (ValueError, InputDataError):
+        raise SettingError(f"{AUDIT_SAMPLE_ENV} must be a whole number from 0 to {MAX_AUDIT_SAMPLE}, "
+                           f"got {configured!r}") from None
+
+
+def check_audit_sample(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_AUDIT_SAMPLE:
+        raise InputDataError(f"audit sample must be a whole number from 0 to {MAX_AUDIT_SAMPLE}, not {size!r}")
+    return size
+
+
 def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: list[dict[str, Any]],
-            remove_chunks: bool = False, locate: Callable[[str], Any] = Path) -> dict[str, Any]:
+            remove_chunks: bool = False, audit_sample: int = 0,
+            locate: Callable[[str], Any] = Path) -> dict[str, Any]:
     """Write the run's scores, queue changes, their events and the run record in one transaction.
 
     ``remove_chunks``: delete the chunk files once that transaction has
-    committed (a failed publish keeps them for its retry). ``locate`` turns
-    a chunk result's ``path`` into a path object (``ObjectStoragePath`` for
-    chunk files in an object store).
+    committed (a failed publish keeps them for its retry). ``audit_sample``:
+    how many of the run's unflagged scored reviews to queue as kind
+    ``audit`` (see :func:`_queue_audit_sample`). ``locate`` turns a chunk
+    result's ``path`` into a path object (``ObjectStoragePath`` for chunk
+    files in an object store).
     """
+    audit_sample = check_audit_sample(audit_sample)
     plan = _as_plan(plan)
     expected = sorted(c["index"] for c in plan.chunks)
     got = sorted(r["index"] for r in chunk_results)
@@ -320,7 +352,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
     if plan.reviews and not plan.chunks:
         raise DatabaseError(f"run {plan.run_id}: the plan has {plan.reviews} reviews but no chunks")
     with db.translate_errors(engine), engine.begin() as conn:
-        _lock_interval(conn, plan)
+        db.lock_interval(conn)
         _check_run_id(conn, plan.run_id, datetime.fromisoformat(plan.interval_start),
                       datetime.fromisoformat(plan.interval_end))
         # A run re-planned with nothing left to do (all scored by its first publish) keeps that publish's record;
@@ -340,6 +372,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
                 skipped.update(counts["skipped"])
         _upsert_scores(conn, plan, now)
         moves = _move_queue(conn, plan, now)
+        audited = _queue_audit_sample(conn, plan, now, audit_sample)
         _drop_staging(conn)
         rate = flagged / scored if scored else 0.0
         if not keep_record:
@@ -347,7 +380,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
                 run_id=plan.run_id, interval_start=datetime.fromisoformat(plan.interval_start),
                 interval_end=datetime.fromisoformat(plan.interval_end), model_version=model.version,
                 threshold=model.threshold, operating_point=model.operating_point, reviews_read=read, reviews_scored=scored,
-                reviews_skipped=sum(skipped.values()), reviews_flagged=flagged,
+                reviews_skipped=sum(skipped.values()), reviews_flagged=flagged, reviews_audited=audited,
                 skip_reasons=json.dumps(dict(skipped), sort_keys=True), started_at=now,
                 finished_at=utc_now(), status="success",
             ))
@@ -360,7 +393,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
         "model_version": model.version, "threshold": model.threshold, "operating_point": model.operating_point,
         "reviews_read": read,
         "reviews_scored": scored, "reviews_skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
-        "reviews_flagged": flagged, "newly_queued": moves["queued"] + moves["re-opened"],
+        "reviews_flagged": flagged, "reviews_audited": audited, "newly_queued": moves["queued"] + moves["re-opened"],
         "queue_changes": moves, "flag_rate": round(rate, 5),
         "publish_seconds": round(time.perf_counter() - started, 3),
     }
@@ -425,14 +458,6 @@ def _as_plan(plan: RunPlan | dict[str, Any]) -> RunPlan:
     return RunPlan(**values)
 
 
-def _lock_interval(conn: Any, plan: RunPlan) -> None:
-    """Serialise publishers: two runs of one interval never interleave their writes."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": 0x5EED_0001})
-    else:  # SQLite: take the write lock now rather than at the first write
-        conn.execute(db.scoring_runs.update().where(db.scoring_runs.c.run_id == "\0lock").values(status="running"))
-
-
 def _read_chunk(plan: RunPlan, path: Any) -> Any:
     """A chunk file (local or object-store path) as an Arrow table of review_id, score, skip_reason."""
     import pyarrow.parquet as pq
@@ -494,27 +519,13 @@ def _stage_scores(conn: Any, rows: Any, threshold: float) -> dict[str, Any]:
     versions = rows.column("text_version").combine_chunks().cast(pa.int64())
     staged = pa.table({"review_id": ids, "score": score, "skip_reason": reason, "text_version": versions})
     if conn.dialect.name == "postgresql":
-        _copy_into(conn, _staging.name, staged)
+        db.copy_arrow(conn, _staging.name, staged)
     else:
         conn.execute(_staging.insert(), staged.to_pylist())
     skipped = pc.value_counts(reason.drop_null()).to_pylist()
     return {"scored": len(score) - score.null_count,
             "flagged": int(pc.sum(pc.greater_equal(score, threshold)).as_py() or 0),
             "skipped": Counter({item["values"]: item["counts"] for item in skipped})}
-
-
-def _copy_into(conn: Any, table_name: str, rows: Any) -> None:
-    """PostgreSQL's COPY from an Arrow table, written as CSV by Arrow (nulls as empty fields)."""
-    import io
-
-    import pyarrow.csv as pacsv
-
-    buffer = io.BytesIO()
-    pacsv.write_csv(rows, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-    columns = ", ".join(rows.column_names)
-    cursor = conn.connection.driver_connection.cursor()
-    with cursor, cursor.copy(f"COPY {table_name} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-        copy.write(buffer.getvalue())
 
 
 def _current(conn: Any) -> tuple[Any, Any]:
@@ -558,7 +569,7 @@ def _upsert_scores(conn: Any, plan: RunPlan, now: datetime) -> int:
 
 
 #: Queue statuses a moderator set; such a row moves again only when its text changed.
-DECIDED = ("confirmed", "dismissed")
+DECIDED = ("confirmed", "dismissed", "unsure")
 
 
 def _move_queue(conn: Any, plan: RunPlan, now: datetime) -> dict[str, int]:
@@ -567,22 +578,25 @@ def _move_queue(conn: Any, plan: RunPlan, now: datetime) -> dict[str, int]:
     A queue row is judged again only when the score is for another model or
     another text than the one it holds:
 
-    * pending: still at or over the threshold: re-scored; below it: expired;
+    * pending: still at or over the threshold: re-scored (an audit item
+      becomes a flag); below it: expired (an audit item stays as it is);
     * confirmed/dismissed, text edited since: over: re-opened (the decision
       stays in the history); below: expired. Same text, new model: kept;
     * expired, now over the threshold: re-opened;
     * not queued, at or over the threshold: queued.
 
-    Returns how many rows each move touched.
+    Every flag written gets the priority bucket its score reaches among the
+    card's operating points. Returns how many rows each move touched.
     """
     q = db.moderation_queue.c
     threshold = plan.model.threshold
     joined, version = _current(conn)
     flag = and_(_staging.c.score.is_not(None), _staging.c.score >= threshold)
+    bucket = bucket_expression(_staging.c.score, plan.model.buckets)
     new_judgement = or_(q.model_version != plan.model.version, q.text_version != version)
     edited = q.text_version != version
     moves = {
-        "expired": or_(and_(q.status == "pending", new_judgement, ~flag),
+        "expired": or_(and_(q.status == "pending", q.kind == "flagged", new_judgement, ~flag),
                        and_(q.status.in_(DECIDED), edited, ~flag)),
         "re-opened": or_(and_(q.status.in_(DECIDED), edited, flag), and_(q.status == "expired", flag)),
         "re-scored": and_(q.status == "pending", new_judgement, flag),
@@ -603,23 +617,64 @@ def _move_queue(conn: Any, plan: RunPlan, now: datetime) -> dict[str, int]:
             "model_version": plan.model.version, "threshold": threshold, "text_version": staged(version),
             "run_id": plan.run_id,
         }
+        if move != "expired":  # a flag again: the model's, in the bucket of its new score
+            values.update(kind="flagged", bucket=staged(bucket))
         if move == "re-opened":
-            values.update(flagged_at=now, decided_by=None, decided_at=None, note=None)
+            values.update(flagged_at=now, decided_by=None, decided_at=None, note=None, reason=None,
+                          claimed_by=None, claim_expires_at=None)
         matching = select(_staging.c.review_id).select_from(joined).where(
             _staging.c.review_id == q.review_id, condition)
         conn.execute(db.moderation_queue.update().where(exists(matching)).values(**values))
     not_queued = ~exists().where(q.review_id == _staging.c.review_id)
     counts["queued"] = _append_events(conn, plan, now, "queued", "pending", joined, and_(flag, not_queued),
                                       previous=literal(None, String), note=None)
+    _insert_queue_rows(conn, plan, now, joined, version, flag, literal("flagged", String), bucket)
+    return counts
+
+
+def _insert_queue_rows(conn: Any, plan: RunPlan, now: datetime, joined: Any, version: Any, condition: Any,
+                       kind: Any, bucket: Any) -> None:
+    """Queue the current staged rows meeting ``condition`` as pending; a review already queued is left alone."""
     rows = select(
         _staging.c.review_id, literal(plan.model.version, String), _staging.c.score,
-        literal(threshold, Float), literal("pending", String), literal(now, DateTime(timezone=True)),
-        literal(plan.run_id, String), version,
-    ).select_from(joined).where(flag)
+        literal(plan.model.threshold, Float), literal("pending", String), literal(now, DateTime(timezone=True)),
+        literal(plan.run_id, String), version, kind, bucket,
+    ).select_from(joined).where(condition)
     conn.execute(db.dialect_insert(conn)(db.moderation_queue).from_select(
-        ["review_id", "model_version", "score", "threshold", "status", "flagged_at", "run_id", "text_version"], rows
+        ["review_id", "model_version", "score", "threshold", "status", "flagged_at", "run_id", "text_version",
+         "kind", "bucket"], rows
     ).on_conflict_do_nothing(index_elements=["review_id"]))
-    return counts
+
+
+def _queue_audit_sample(conn: Any, plan: RunPlan, now: datetime, size: int) -> int:
+    """Queue ``size`` of the run's unflagged scored reviews as kind and bucket ``audit``; returns the sample size.
+
+    Moderators' decisions on a random sample of what the model let through
+    estimate its recall (and the flags' precision) without the bias of only
+    seeing flags. The sample is chosen by a hash of the review id seeded by
+    the run id, so a re-published run picks the same reviews: candidates are
+    reviews not in the queue, or already queued as this run's audit sample.
+    A review already queued for another reason is never touched.
+    """
+    if size <= 0:
+        return 0
+    q = db.moderation_queue.c
+    joined, version = _current(conn)
+    unflagged = and_(_staging.c.score.is_not(None), _staging.c.score < plan.model.threshold)
+    free = ~exists().where(q.review_id == _staging.c.review_id,
+                           or_(q.kind != "audit", q.run_id != plan.run_id))
+    seed = zlib.crc32(plan.run_id.encode("utf-8")) % _AUDIT_PRIME
+    mixed = ((_staging.c.review_id % _AUDIT_PRIME) * 48271 + seed) % _AUDIT_PRIME
+    order = (mixed * mixed + seed) % _AUDIT_PRIME  # squared: not a linear pattern over consecutive ids
+    chosen = conn.execute(select(_staging.c.review_id).select_from(joined).where(unflagged, free)
+                          .order_by(order, _staging.c.review_id).limit(size)).scalars().all()
+    for part in db.batches(sorted(set(chosen))):
+        sampled = and_(_staging.c.review_id.in_(part), ~exists().where(q.review_id == _staging.c.review_id))
+        _append_events(conn, plan, now, "queued", "pending", joined, sampled, previous=literal(None, String),
+                       note=literal("audit sample", String))
+        _insert_queue_rows(conn, plan, now, joined, version, sampled, literal("audit", String),
+                           literal("audit", String))
+    return len(set(chosen))
 
 
 def _earlier_decision(q: Any) -> Any:
@@ -658,7 +713,7 @@ def _recent_flag_rates(conn: Any, exclude_run: str) -> list[float]:
 def run_nightly(db_url: str | None, start: datetime, end: datetime, run_id: str | None = None,
                 chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
                 work_dir: Path | None = None, max_reviews: int = MAX_REVIEWS_PER_RUN,
-                operating_point: str | None = None) -> dict[str, Any]:
+                operating_point: str | None = None, audit_sample: int = 0) -> dict[str, Any]:
     """The whole nightly job without Airflow: plan, score every chunk, publish (chunk files removed after)."""
     from moderation.scoring import load_scorer
 
@@ -672,4 +727,4 @@ def run_nightly(db_url: str | None, start: datetime, end: datetime, run_id: str 
         scorer = load_scorer(plan.model.path, threshold=plan.model.threshold)
         for chunk in plan.chunks:
             results.append(score_chunk(db_url, chunk, plan.model.path, out_dir, scorer=scorer))
-    return publish(db_url, plan, results, remove_chunks=True)
+    return publish(db_url, plan, results, remove_chunks=True, audit_sample=audit_sample)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,9 @@ class ModelChoice:
     threshold: float
     #: The card's named point the threshold is (``default``: the card's own); None: a raw threshold override.
     operating_point: str | None = None
+    #: Thresholds of the card's default-domain operating points (maybe, likely, very_likely): a flag's
+    #: priority bucket is the highest it reaches. Empty for a card without points.
+    buckets: dict[str, float] = field(default_factory=dict, hash=False)
 
 
 
@@ -57,7 +60,16 @@ def active_model(engine: Engine, threshold: float | None = None, operating_point
     chosen, point = choose_threshold(card, threshold, operating_point)
     if point == "default":
         chosen = float(row[2])  # the registered threshold: the card's, as the fingerprint guarantees
-    return ModelChoice(version=row[0], path=row[1], threshold=float(chosen), operating_point=point)
+    return ModelChoice(version=row[0], path=row[1], threshold=float(chosen), operating_point=point,
+                       buckets=bucket_thresholds(card))
+
+
+def bucket_thresholds(card: Any) -> dict[str, float]:
+    """The card's default-domain operating points that name a queue bucket, as name -> threshold."""
+    from moderation.queue import BUCKET_POINTS
+
+    points = card.operating_points.get(card.default_domain or "", {}) if card.operating_points else {}
+    return {name: float(points[name]["threshold"]) for name in BUCKET_POINTS if name in points}
 
 
 def verify_registered(engine: Engine, version: str, directory: Path, registered: str | None) -> Any:

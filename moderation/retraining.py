@@ -16,6 +16,14 @@ thresholds) and held-out rows. The candidate and the active model are compared
 on the SAME held-out rows by ROC-AUC, which does not depend on either model's
 threshold; each model's balanced accuracy and share of positive reviews
 flagged at its own default threshold are reported beside it.
+
+Moderators' labels on audit items (random unflagged reviews, see
+:func:`moderation.labels.audit_labels`) are kept out of training and
+evaluated on separately: unlike the held-out rows, which are mostly flags and
+weak rating labels, they are an unbiased sample of the reviews the model sees.
+When there are at least ``min_audit_labels`` of them with both classes, the
+promotion compares the models' ROC-AUC on the audit labels; otherwise on the
+held-out rows. Both sets of figures are always reported.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ class RetrainingParams:
     #: None reads it from the data: 5 when every stored rating is 5 or below, else 10.
     rating_scale: int | None = None
     include_base_corpus: bool = False
+    #: The base corpus's Parquet file; None: ``MODERATION_BASE_CORPUS``, else :func:`default_base_corpus`.
+    base_corpus: str | None = None
     max_train_rows: int | None = None
     promotion_policy: str = "if_better"
     min_improvement: float = 0.0
@@ -64,6 +74,8 @@ class RetrainingParams:
     holdout_fraction: float = 0.2
     #: Cap on the share of the shop's positive validation reviews the default threshold may flag.
     max_false_positive_rate: float = 0.08
+    #: Audit labels (both classes) needed before promotion is judged on them instead of the held-out rows.
+    min_audit_labels: int = 30
     seed: int = 13
 
     @classmethod
@@ -79,13 +91,36 @@ class RetrainingParams:
                 and params.validation_fraction + params.holdout_fraction < 1):
             raise ModerationError(f"validation_fraction ({params.validation_fraction}) and holdout_fraction "
                                   f"({params.holdout_fraction}) must be above 0 and leave rows to train on")
+        if params.include_base_corpus:
+            base_corpus_path(params.base_corpus)  # refused now, not after the snapshot
         return params
 
 
-def base_corpus_path() -> Path:
-    """The shared corpus (``MODERATION_BASE_CORPUS`` overrides)."""
-    explicit = os.environ.get("MODERATION_BASE_CORPUS")
-    return Path(explicit) if explicit else config.PROJECT_ROOT.parent / "shared" / "data" / "ko_reviews.parquet"
+BASE_CORPUS_FILE = "ko_reviews.parquet"
+
+
+def default_base_corpus() -> Path:
+    """Where the base corpus is looked for when nothing names it: under the data folder (``MODERATION_HOME``)."""
+    return config.data_dir() / BASE_CORPUS_FILE
+
+
+def base_corpus_path(explicit: str | Path | None = None) -> Path:
+    """The base corpus for ``include_base_corpus``: ``explicit`` (the Param), else ``MODERATION_BASE_CORPUS``,
+    else :func:`default_base_corpus`; a missing file is refused, saying where it was looked for and how to set it.
+
+    The package ships no corpus (640k reviews), so nothing is looked up next to the code.
+    """
+    if explicit:
+        path, source = Path(explicit), "the base_corpus parameter"
+    elif os.environ.get("MODERATION_BASE_CORPUS"):
+        path, source = Path(os.environ["MODERATION_BASE_CORPUS"]), "MODERATION_BASE_CORPUS"
+    else:
+        path, source = default_base_corpus(), "the default under MODERATION_HOME"
+    if not path.is_file():
+        raise ModerationError(f"include_base_corpus needs the base corpus, not found at {path} ({source}): "
+                              f"set the base_corpus parameter or MODERATION_BASE_CORPUS to its Parquet file, "
+                              f"or put it at {default_base_corpus()}")
+    return path
 
 
 def snapshot_labels(db_url: str | None, out_dir: Path, params: RetrainingParams) -> dict[str, Any]:
@@ -95,7 +130,7 @@ def snapshot_labels(db_url: str | None, out_dir: Path, params: RetrainingParams)
     model was registered: retraining on the same data again is pointless.
     """
     from moderation.data import fingerprint
-    from moderation.labels import labelled_snapshot, rating_labels, stored_rating_scale
+    from moderation.labels import audit_labels, labelled_snapshot, rating_labels, stored_rating_scale
 
     engine = db.make_engine(db_url)
     scale: int | None = None
@@ -106,6 +141,8 @@ def snapshot_labels(db_url: str | None, out_dir: Path, params: RetrainingParams)
             log.info("rating labels (%d-point scale%s) refreshed: %d written or changed", scale,
                      "" if params.rating_scale else ", read from the stored ratings", refreshed)
         frame = labelled_snapshot(engine, include_rating=params.include_rating_labels)
+        audits = audit_labels(engine)
+        frame = frame[~frame["review_id"].isin(audits["review_id"])]  # never trained on: evaluated on
         with engine.connect() as conn:
             since = conn.execute(
                 select(db.model_versions.c.registered_at).where(db.model_versions.c.is_active.is_(True))
@@ -121,12 +158,17 @@ def snapshot_labels(db_url: str | None, out_dir: Path, params: RetrainingParams)
     path = out_dir / "labels.parquet"
     frame = frame.rename(columns={"product_id": "group"})
     frame.to_parquet(path, index=False)
+    audit_path = out_dir / "audit_labels.parquet"
+    audits.rename(columns={"product_id": "group"}).to_parquet(audit_path, index=False)
     counts = frame["label"].value_counts().to_dict() if len(frame) else {}
     result = {
         "path": str(path),
         "rows": int(len(frame)),
         "negative": int(counts.get(1, 0)),
         "positive": int(counts.get(0, 0)),
+        "audit_path": str(audit_path),
+        "audit_rows": int(len(audits)),
+        "audit_negative": int(audits["label"].sum()) if len(audits) else 0,
         "new_labels": new_labels,
         "rating_scale": scale,
         "fingerprint": fingerprint(frame.assign(text=frame["text"].astype("string"))) if len(frame) else None,
@@ -193,7 +235,7 @@ def train_candidate(snapshot: dict[str, Any], params: RetrainingParams, models_d
                                   f"rating labels")
     labelled = parts.train
     if params.include_base_corpus:
-        corpus = load_labelled(base_corpus_path())
+        corpus = load_labelled(base_corpus_path(params.base_corpus))
         corpus_split = split_by_group(corpus, validation=0.0, test=0.1, seed=params.seed)
         labelled = pd.concat([labelled, corpus_split.train], ignore_index=True)
     version = version or version_name()
@@ -222,18 +264,30 @@ def train_candidate(snapshot: dict[str, Any], params: RetrainingParams, models_d
 
 def evaluate_models(snapshot: dict[str, Any], candidate: dict[str, Any], active_path: str | None,
                     params: RetrainingParams) -> dict[str, Any]:
-    """Metrics of the candidate and the active model on the same held-out labels."""
+    """Metrics of the candidate and the active model on the same held-out labels, and on the audit labels.
+
+    ``candidate``/``active``: held-out figures; ``audit``: the same figures of
+    both on the moderators' audit labels (None without any audit label).
+    """
+    import pandas as pd
+
     from moderation.model import load_bundle
 
     holdout = _snapshot_split(snapshot["path"], params).test
+    audit_path = snapshot.get("audit_path")  # absent in a snapshot of an earlier release
+    audits = pd.read_parquet(audit_path) if audit_path and Path(audit_path).is_file() else pd.DataFrame()
     result: dict[str, Any] = {"holdout_rows": int(len(holdout)),
-                              "holdout_negative": int(holdout["label"].sum()) if len(holdout) else 0}
-    for name, path in (("candidate", candidate["path"]), ("active", active_path)):
-        if path is None or len(holdout) == 0:
-            result[name] = None
-            continue
-        result[name] = heldout_figures(load_bundle(path), holdout)
-    log.info("evaluation on %d held-out labels: %s", len(holdout), json.dumps(result, ensure_ascii=False))
+                              "holdout_negative": int(holdout["label"].sum()) if len(holdout) else 0,
+                              "audit_rows": int(len(audits)),
+                              "audit_negative": int(audits["label"].sum()) if len(audits) else 0}
+    bundles = {name: load_bundle(path) for name, path in (("candidate", candidate["path"]), ("active", active_path))
+               if path is not None}
+    for name in ("candidate", "active"):
+        result[name] = heldout_figures(bundles[name], holdout) if name in bundles and len(holdout) else None
+    result["audit"] = {name: heldout_figures(bundles[name], audits) if name in bundles else None
+                       for name in ("candidate", "active")} if len(audits) else None
+    log.info("evaluation on %d held-out and %d audit labels: %s", len(holdout), len(audits),
+             json.dumps(result, ensure_ascii=False))
     return result
 
 
@@ -269,10 +323,37 @@ def comparison(evaluation: dict[str, Any]) -> dict[str, Any]:
     return {name: {k: (evaluation.get(name) or {}).get(k) for k in keys} for name in ("candidate", "active")}
 
 
+def audit_comparison(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """Both models' figures on the audit labels side by side; None without audit labels."""
+    audit = evaluation.get("audit")
+    if not audit:
+        return None
+    return {**comparison(audit), "rows": evaluation.get("audit_rows"), "negative": evaluation.get("audit_negative")}
+
+
+def audit_basis(evaluation: dict[str, Any], params: RetrainingParams) -> bool:
+    """Whether the audit labels are enough to judge on: ``min_audit_labels`` or more, both classes present."""
+    rows, negative = int(evaluation.get("audit_rows") or 0), int(evaluation.get("audit_negative") or 0)
+    return bool(evaluation.get("audit")) and rows >= params.min_audit_labels and 0 < negative < rows
+
+
 def promotion_decision(evaluation: dict[str, Any], candidate: dict[str, Any], params: RetrainingParams) -> dict[str, Any]:
-    """Whether to promote, and why, under the operator's policy and the sanity checks."""
-    cand = evaluation.get("candidate") or {}
-    active = evaluation.get("active") or {}
+    """Whether to promote, and why, under the operator's policy and the sanity checks.
+
+    The ROC-AUC compared is on the audit labels when :func:`audit_basis`
+    allows, else on the held-out rows; the reason names which.
+    """
+    decision = _promotion_decision(evaluation, candidate, params)
+    decision["basis"] = "audit" if audit_basis(evaluation, params) else "holdout"
+    return decision
+
+
+def _promotion_decision(evaluation: dict[str, Any], candidate: dict[str, Any],
+                        params: RetrainingParams) -> dict[str, Any]:
+    basis = evaluation["audit"] if audit_basis(evaluation, params) else evaluation
+    where = (f"on {evaluation['audit_rows']} audit labels" if basis is not evaluation else "held-out")
+    cand = basis.get("candidate") or {}
+    active = basis.get("active") or {}
     cand_auc = cand.get("roc_auc")
     active_auc = active.get("roc_auc")
     if not math.isfinite(candidate.get("final_loss", float("nan"))):
@@ -280,20 +361,20 @@ def promotion_decision(evaluation: dict[str, Any], candidate: dict[str, Any], pa
     if params.promotion_policy == "never":
         return {"promote": False, "reason": "policy 'never': candidate registered, not promoted"}
     if cand_auc is not None and math.isfinite(cand_auc) and cand_auc < params.metric_floor:
-        return {"promote": False, "reason": f"sanity check failed: candidate ROC-AUC {cand_auc:.4f} "
+        return {"promote": False, "reason": f"sanity check failed: candidate ROC-AUC {cand_auc:.4f} {where} "
                                             f"is below the floor {params.metric_floor}"}
     if params.promotion_policy == "always":
         return {"promote": True, "reason": "policy 'always'"}
     if cand_auc is None or not math.isfinite(cand_auc):
         return {"promote": False, "reason": "held-out labels too few or one-sided to compare the models"}
     if active_auc is None or not math.isfinite(active_auc):
-        return {"promote": True, "reason": f"no comparable active model; candidate ROC-AUC {cand_auc:.4f}"}
+        return {"promote": True, "reason": f"no comparable active model; candidate ROC-AUC {cand_auc:.4f} {where}"}
     gain = cand_auc - active_auc
     if gain > params.min_improvement:
         return {"promote": True, "reason": f"candidate ROC-AUC {cand_auc:.4f} beats active {active_auc:.4f} "
-                                           f"by {gain:+.4f} (> {params.min_improvement})"}
+                                           f"{where} by {gain:+.4f} (> {params.min_improvement})"}
     return {"promote": False, "reason": f"candidate ROC-AUC {cand_auc:.4f} does not beat active {active_auc:.4f} "
-                                        f"by more than {params.min_improvement} ({gain:+.4f})"}
+                                        f"{where} by more than {params.min_improvement} ({gain:+.4f})"}
 
 
 def register_and_promote(db_url: str | None, candidate: dict[str, Any], decision: dict[str, Any],
@@ -311,7 +392,9 @@ def register_and_promote(db_url: str | None, candidate: dict[str, Any], decision
     outcome = {"candidate": candidate["version"], "promoted": bool(decision["promote"]),
                "reason": decision["reason"], "active_version": active,
                "init_from": candidate.get("init_from"),
-               **({"heldout": comparison(evaluation)} if evaluation is not None else {}),
+               "basis": decision.get("basis", "holdout"),
+               **({"heldout": comparison(evaluation), "audit": audit_comparison(evaluation)}
+                  if evaluation is not None else {}),
                "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     log.info("retraining outcome: %s", json.dumps(outcome, ensure_ascii=False))
     return outcome

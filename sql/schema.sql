@@ -319,3 +319,86 @@ GRANT UPDATE (text_version) ON review_labels TO moderator;
 
 UPDATE alembic_version SET version_num='0010' WHERE alembic_version.version_num = '0009';
 
+-- Running upgrade 0010 -> 0011
+
+DROP VIEW IF EXISTS flagged_reviews;
+
+DROP VIEW IF EXISTS moderation_history;
+
+ALTER TABLE moderation_queue ADD COLUMN kind VARCHAR(16) DEFAULT 'flagged' NOT NULL;
+
+ALTER TABLE moderation_queue ADD COLUMN bucket VARCHAR(32) DEFAULT 'flagged' NOT NULL;
+
+ALTER TABLE moderation_queue ADD COLUMN claimed_by VARCHAR(128);
+
+ALTER TABLE moderation_queue ADD COLUMN claim_expires_at TIMESTAMP WITH TIME ZONE;
+
+ALTER TABLE moderation_queue ADD COLUMN reason VARCHAR(32);
+
+ALTER TABLE moderation_queue DROP CONSTRAINT ck_moderation_queue_status;
+
+ALTER TABLE moderation_queue ADD CONSTRAINT ck_moderation_queue_status CHECK (status IN ('pending', 'confirmed', 'dismissed', 'unsure', 'expired'));
+
+ALTER TABLE moderation_queue ADD CONSTRAINT ck_moderation_queue_kind CHECK (kind IN ('flagged', 'audit'));
+
+ALTER TABLE moderation_events ADD COLUMN reason VARCHAR(32);
+
+ALTER TABLE scoring_runs ADD COLUMN reviews_audited INTEGER DEFAULT 0 NOT NULL;
+
+CREATE TABLE moderator_accounts (
+    name VARCHAR(128) NOT NULL, 
+    password_hash TEXT NOT NULL, 
+    created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+    disabled BOOLEAN DEFAULT false NOT NULL, 
+    PRIMARY KEY (name)
+);
+
+CREATE FUNCTION moderation_queue_unsure_unlabels() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    DELETE FROM review_labels WHERE review_id = NEW.review_id AND source = 'moderator';
+    RETURN NULL;
+END
+$$;
+
+REVOKE ALL ON FUNCTION moderation_queue_unsure_unlabels() FROM PUBLIC;
+
+CREATE TRIGGER moderation_queue_unsure_unlabels AFTER UPDATE OF status ON moderation_queue FOR EACH ROW WHEN (NEW.status = 'unsure') EXECUTE FUNCTION moderation_queue_unsure_unlabels();
+
+GRANT UPDATE (claimed_by, claim_expires_at, reason) ON moderation_queue TO moderator;
+
+GRANT SELECT ON moderator_accounts TO moderator;
+
+GRANT UPDATE (kind, bucket, claimed_by, claim_expires_at, reason) ON moderation_queue TO scorer;
+
+DROP POLICY moderation_queue_scorer_queues ON moderation_queue;
+
+CREATE POLICY moderation_queue_scorer_queues ON moderation_queue FOR INSERT TO scorer WITH CHECK (status = 'pending' AND decided_by IS NULL AND decided_at IS NULL AND reason IS NULL);
+
+DROP POLICY moderation_queue_scorer_moves ON moderation_queue;
+
+CREATE POLICY moderation_queue_scorer_moves ON moderation_queue FOR UPDATE TO scorer USING (true) WITH CHECK (status = 'expired' OR (status = 'pending' AND decided_by IS NULL AND decided_at IS NULL AND note IS NULL AND reason IS NULL));
+
+CREATE VIEW flagged_reviews AS
+SELECT q.review_id, r.product_id, r.text, r.rating,
+       CASE WHEN q.text_version = r.text_version THEN q.score END AS score,
+       q.threshold, q.model_version, q.status, q.kind, q.bucket, q.flagged_at, q.claimed_by, q.claim_expires_at,
+       q.decided_by, q.decided_at, q.reason, q.note,
+       r.created_at, r.ingested_at, r.text_version, q.text_version AS scored_text_version
+FROM moderation_queue q
+JOIN reviews r ON r.review_id = q.review_id
+ORDER BY q.flagged_at DESC, q.score DESC;
+
+GRANT SELECT ON flagged_reviews TO moderator;
+
+CREATE VIEW moderation_history AS
+SELECT e.event_id, e.at, e.review_id, r.product_id, e.event, e.previous_status, e.status, e.actor,
+       e.score, e.threshold, e.model_version, e.text_version, e.run_id, e.reason, e.note
+FROM moderation_events e
+LEFT JOIN reviews r ON r.review_id = e.review_id
+ORDER BY e.event_id;
+
+GRANT SELECT ON moderation_history TO moderator, scorer;
+
+UPDATE alembic_version SET version_num='0011' WHERE alembic_version.version_num = '0010';
+

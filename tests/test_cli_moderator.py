@@ -58,6 +58,16 @@ def width(text: str) -> int:
                else 2 if unicodedata.east_asian_width(c) in {"W", "F"} else 1 for c in text)
 
 
+def split_at_column(line: str, column: int) -> tuple[str, str]:
+    """The line cut at a display column; no cut (the whole line, "") when a wide character straddles it."""
+    used = 0
+    for i, char in enumerate(line):
+        if used == column:
+            return line[:i], line[i:]
+        used += width(char)
+    return line, ""
+
+
 def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("moderation ")]
 
@@ -66,7 +76,13 @@ def test_flagged_table_aligns_korean_text(url: str, capsys) -> None:  # type: ig
     assert main(["flagged", "--db", url]) == 0
     lines = capsys.readouterr().out.rstrip("\n").split("\n")
     assert len(lines) == 2 + 5  # header, rule, five reviews
-    assert len({width(line) for line in lines}) == 1, [width(line) for line in lines]
+    rule = lines[1]
+    text_at = width(rule[:rule.rindex(" ") + 1])  # the display column where the last column, text, starts
+    for line in lines:
+        head, tail = split_at_column(line, text_at)
+        assert width(head) == text_at and head.endswith("  ") and tail and not tail.startswith(" "), line
+    # The rule spans the widest line: the text column's width is counted in display columns too.
+    assert max(width(line) for line in lines) == width(rule), [width(line) for line in lines]
     assert lines[0].split()[:2] == ["review_id", "score"]
     assert lines[2].split()[0] == "1"  # highest score first
     long_line = next(line for line in lines if line.split()[0] == "2")
@@ -222,3 +238,94 @@ def test_db_url_from_the_environment(url: str, monkeypatch, capsys) -> None:  # 
     monkeypatch.setenv("MODERATION_DB_URL", url)
     assert main(["flagged", "--format", "json", "--limit", "1"]) == 0
     assert [r["review_id"] for r in json.loads(capsys.readouterr().out)] == [1]
+
+
+def set_buckets(url: str, buckets: dict[int, str]) -> None:
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        for review_id, bucket in buckets.items():
+            conn.execute(db.moderation_queue.update().where(db.moderation_queue.c.review_id == review_id)
+                         .values(bucket=bucket, kind="audit" if bucket == "audit" else "flagged"))
+    engine.dispose()
+
+
+def test_queue_lists_by_bucket_and_shows_claims(url: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    set_buckets(url, {1: "flagged", 2: "very_likely", 3: "likely", 4: "audit", 5: "likely"})
+    assert main(["claim", "5", "--by", "kim", "--minutes", "30", "--db", url]) == 0
+    assert capsys.readouterr().out.startswith("review 5 claimed by kim until ")
+    assert main(["queue", "--db", url, "--format", "json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["total"] == 5
+    assert [(i["review_id"], i["bucket"]) for i in listing["items"]] == [
+        (2, "very_likely"), (3, "likely"), (5, "likely"), (1, "flagged"), (4, "audit")]
+    assert main(["queue", "--db", url]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["review_id", "bucket", "kind"]
+    assert "kim until" in next(line for line in lines if line.strip().startswith("5 "))
+    assert main(["queue", "--kind", "audit", "--db", url, "--format", "json"]) == 0
+    assert [i["review_id"] for i in json.loads(capsys.readouterr().out)["items"]] == [4]
+    # lee may not claim or decide kim's item: one line, exit 2
+    assert main(["claim", "5", "--by", "lee", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and "review 5 is claimed by kim until" in err
+    assert main(["decide", "5", "--confirm", "--by", "lee", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and "claimed by kim" in err
+    assert main(["release", "5", "--by", "kim", "--db", url]) == 0
+    capsys.readouterr()
+    assert main(["decide", "5", "--confirm", "--by", "lee", "--reason", "abuse", "--db", url]) == 0
+    assert "confirmed 1 review by lee" in capsys.readouterr().out
+
+
+def test_decide_unsure_reason_and_all_matching(url: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    set_buckets(url, {1: "likely", 2: "likely", 3: "maybe", 4: "audit", 5: "likely"})
+    assert main(["claim", "2", "--by", "kim", "--db", url]) == 0
+    assert main(["decide", "--all-matching", "--bucket", "likely", "--dismiss", "--by", "lee",
+                 "--reason", "not_negative", "--db", url]) == 0
+    assert "dismissed 2 matching pending reviews by lee" in capsys.readouterr().out  # 1 and 5; kim holds 2
+    assert main(["decide", "3", "--unsure", "--by", "lee", "--reason", "other", "--db", url]) == 0
+    capsys.readouterr()
+    engine = db.make_engine(url)
+    with engine.connect() as conn:
+        q, lab = db.moderation_queue.c, db.review_labels.c
+        assert dict(conn.execute(select(q.review_id, q.status)).tuples().all()) == {
+            1: "dismissed", 2: "pending", 3: "unsure", 4: "pending", 5: "dismissed"}
+        assert sorted(conn.execute(select(lab.review_id)).scalars().all()) == [1, 5]  # unsure: no label
+    engine.dispose()
+    with pytest.raises(SystemExit) as usage:  # argparse's own one-line usage error
+        main(["decide", "1", "--confirm", "--by", "lee", "--reason", "rude", "--db", url])
+    assert usage.value.code == 2 and "invalid choice: 'rude'" in capsys.readouterr().err
+    for argv, message in [
+        (["decide", "1", "--confirm", "--by", "lee", "--bucket", "likely"], "only with --all-matching"),
+        (["decide", "1", "--confirm", "--by", "lee", "--all-matching"], "not both"),
+        (["decide", "--confirm", "--by", "lee"], "give the review ids"),
+    ]:
+        assert main([*argv, "--db", url]) == 2, argv
+        err = capsys.readouterr().err
+        assert len(error_lines(err)) == 1 and message in err, (argv, err)
+
+
+def test_accounts_add_list_disable(url: str, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from moderation.accounts import verify
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\n"))
+    assert main(["accounts", "add", "kim", "--password-stdin", "--db", url]) == 0
+    assert "account kim created" in capsys.readouterr().out
+    engine = db.make_engine(url)
+    assert verify(engine, "kim", "correct horse battery") and not verify(engine, "kim", "correct horse")
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["accounts", "add", "lee", "--password-stdin", "--db", url]) == 2
+    assert "at least 8 characters" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal, and no --password-stdin
+    assert main(["accounts", "add", "lee", "--db", url]) == 2
+    assert "--password-stdin" in capsys.readouterr().err
+    assert main(["accounts", "disable", "kim", "--db", url]) == 0
+    assert not verify(engine, "kim", "correct horse battery")
+    assert main(["accounts", "disable", "nobody", "--db", url]) == 2
+    assert "no account named 'nobody'" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["accounts", "list", "--db", url, "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(a["name"], a["disabled"]) for a in listed] == [("kim", True)]
+    assert "password" not in json.dumps(listed)
+    engine.dispose()

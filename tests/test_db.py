@@ -104,3 +104,33 @@ def test_constraints_accept_good_rows(engine: Engine) -> None:
         ])
         conn.execute(db.review_scores.insert().values(review_id=1, model_version="m1", score=None,
                                                       skip_reason="empty", scored_at=NOW, run_id="r1"))
+
+
+# ---------------------------------------------------------------- SQLite and PostgreSQL differences, in db.py
+
+
+def test_id_in_and_the_locks_work_on_both_databases(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for review_id in (1, 2, 3):
+            _review(conn, review_id)
+        db.advisory_lock(conn, db.MIGRATION_LOCK)
+        db.lock_interval(conn)  # held to the end of this transaction; a second publisher would wait
+        chosen = select(db.reviews.c.review_id).where(db.id_in(conn, db.reviews.c.review_id, [1, 3, 99]))
+        assert sorted(conn.execute(chosen).scalars()) == [1, 3]
+        assert conn.execute(select(func.count()).select_from(db.scoring_runs)).scalar_one() == 0  # no row written
+
+
+@pytest.mark.postgres
+def test_copy_upsert_inserts_updates_and_names_only_known_columns(pg_url: str) -> None:
+    engine = db.make_engine(pg_url)
+    db.init_schema(engine)
+    row = {"review_id": 1, "product_id": 7, "rating": 1, "text": "별로예요", "created_at": NOW, "ingested_at": NOW}
+    with engine.begin() as conn:
+        db.copy_upsert(conn, db.reviews, "review_id", [row, {**row, "review_id": 2, "text": "좋아요"}])
+        db.copy_upsert(conn, db.reviews, "review_id", [{**row, "text": "최악이에요"}])  # same transaction: stage reused
+    with engine.connect() as conn:
+        texts = dict(conn.execute(select(db.reviews.c.review_id, db.reviews.c.text)).tuples().all())
+        assert texts == {1: "최악이에요", 2: "좋아요"}
+        with pytest.raises(ValueError, match="unknown columns"):
+            db.copy_upsert(conn, db.reviews, "review_id", [{"review_id": 3, "text; DROP TABLE reviews": "x"}])
+    engine.dispose()

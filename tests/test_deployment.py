@@ -33,7 +33,7 @@ PG_INIT_SCRIPT = ROOT / "docker" / "postgres-init" / "10-databases.sh"
 
 ONE_SHOT = {"airflow-init"}
 LONG_RUNNING = {"postgres", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
-                "airflow-triggerer", "broker", "airflow-worker", "airflow-gpu-worker"}
+                "airflow-triggerer", "broker", "airflow-worker", "airflow-gpu-worker", "web"}
 #: Services that start only with a profile, and their profiles (gpu is celery plus the GPU worker).
 PROFILED = {"broker": ["celery", "gpu"], "airflow-worker": ["celery", "gpu"], "airflow-gpu-worker": ["gpu"]}
 GPU_WORKER = "airflow-gpu-worker"
@@ -41,7 +41,8 @@ AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "a
                     "airflow-triggerer", "airflow-worker", GPU_WORKER}
 #: Secrets without which the stack must refuse to start (compose's ${VAR:?message}).
 REQUIRED_SECRETS = {"POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "REVIEWS_DB_PASSWORD", "REVIEWS_SCORER_PASSWORD",
-                    "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "_AIRFLOW_ADMIN_PASSWORD"}
+                    "AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "_AIRFLOW_ADMIN_PASSWORD",
+                    "REVIEWS_MODERATOR_PASSWORD", "MODERATION_WEB_SECRET"}
 PLACEHOLDER = "change-me"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|(?<![A-Z])KEY$")
 # ${NAME}, ${NAME:-default}, ${NAME:?message} and $NAME, but not $$ (an escaped dollar).
@@ -228,6 +229,24 @@ def test_dependencies_wait_for_health_or_completion(services: dict[str, Any]) ->
     assert "broker" in dependencies(services[GPU_WORKER])
     # The scheduler waits for the broker only when the celery profile runs it.
     assert dependencies(services["airflow-scheduler"])["broker"].get("required") is False
+
+
+def test_the_web_page_serves_as_the_moderator_login_with_a_secret(services: dict[str, Any]) -> None:
+    web = services["web"]
+    assert web["command"] == ["moderation", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert web["image"] == services["airflow-scheduler"]["image"]  # the same image as every service
+    env = environment(web)
+    assert env["MODERATION_DB_URL"].startswith(
+        "postgresql://${REVIEWS_MODERATOR_USER:-moderation_web}:${REVIEWS_MODERATOR_PASSWORD:?")
+    assert env["MODERATION_WEB_SECRET"].startswith("${MODERATION_WEB_SECRET:?")
+    assert "REVIEWS_DB_PASSWORD" not in str(web) and "REVIEWS_SCORER" not in str(web)  # never the owner or scorer
+    assert dependencies(web) == {"postgres": {"condition": "service_healthy"},
+                                 "airflow-init": {"condition": "service_completed_successfully"}}
+    assert "/healthz" in " ".join(web["healthcheck"]["test"])
+    assert ("moderation-var", "/opt/moderation/var", True) in _mounts(web)  # retrained models, read-only
+    postgres = environment(services["postgres"])
+    assert postgres["REVIEWS_MODERATOR_PASSWORD"].startswith("${REVIEWS_MODERATOR_PASSWORD:?")
+    assert "IN ROLE moderator" in PG_INIT_SCRIPT.read_text(encoding="utf-8")
 
 
 def test_celery_is_a_profile_and_local_executor_the_default(services: dict[str, Any]) -> None:
@@ -519,6 +538,23 @@ def test_tensorflow_comes_from_exactly_one_extra() -> None:
     assert ".venv-gpu" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
 
 
+def test_the_airflow_metadata_database_drivers_come_from_the_postgres_provider() -> None:
+    """No module imports the PostgreSQL provider, yet it is no dead dependency: Airflow's own metadata
+    database needs psycopg2 (the Compose URL) and asyncpg (Airflow's async engine), which it brings."""
+    import importlib.metadata
+    import tomllib
+
+    assert "postgresql+psycopg2://" in COMPOSE.read_text(encoding="utf-8")
+    requires = importlib.metadata.requires("apache-airflow-providers-postgres") or []
+    unconditional = [r.split(";")[0].strip() for r in requires if "extra ==" not in r]
+    assert any(r.startswith("psycopg2-binary") for r in unconditional), requires
+    assert any(r.startswith("asyncpg") for r in unconditional), requires
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert any(dep.startswith("apache-airflow-providers-postgres") for dep in project["dependencies"])
+    pins = lock_pins(CPU_LOCK)
+    assert {"apache-airflow-providers-postgres", "psycopg2-binary", "asyncpg"} <= set(pins)
+
+
 # ----------------------------------------------------------------------------- set-up scripts
 
 
@@ -623,9 +659,9 @@ def test_postgres_init_script_creates_both_databases_and_a_scorer_login(pg_url: 
     suffix = uuid.uuid4().hex[:10]
     names = {"AIRFLOW_DB_NAME": f"deploy_af_{suffix}", "AIRFLOW_DB_USER": f"deploy_af_{suffix}",
              "REVIEWS_DB_NAME": f"deploy_rv_{suffix}", "REVIEWS_DB_USER": f"deploy_rv_{suffix}",
-             "REVIEWS_SCORER_USER": f"deploy_sc_{suffix}"}
+             "REVIEWS_SCORER_USER": f"deploy_sc_{suffix}", "REVIEWS_MODERATOR_USER": f"deploy_mod_{suffix}"}
     secrets = {"AIRFLOW_DB_PASSWORD": "it's \"quoted\"", "REVIEWS_DB_PASSWORD": uuid.uuid4().hex,
-               "REVIEWS_SCORER_PASSWORD": uuid.uuid4().hex}
+               "REVIEWS_SCORER_PASSWORD": uuid.uuid4().hex, "REVIEWS_MODERATOR_PASSWORD": uuid.uuid4().hex}
     env = {"PATH": os.environ.get("PATH", ""), "PGHOST": admin_url.host or "127.0.0.1",
            "PGPORT": str(admin_url.port or 5432), "POSTGRES_USER": admin_url.username or "postgres",
            **({"PGPASSWORD": admin_url.password} if admin_url.password else {}), **names, **secrets}
@@ -645,6 +681,13 @@ def test_postgres_init_script_creates_both_databases_and_a_scorer_login(pg_url: 
             assert conn.execute(text("SELECT pg_has_role('scorer', 'MEMBER')")).scalar() is True
             assert conn.execute(text("SELECT count(*) FROM reviews")).scalar() == 0
         scorer.dispose()
+        web = create_engine(owner_url.set(username=names["REVIEWS_MODERATOR_USER"],
+                                          password=secrets["REVIEWS_MODERATOR_PASSWORD"]))
+        with web.connect() as conn:  # the web page's login: a moderator, reading the queue and the accounts
+            assert conn.execute(text("SELECT pg_has_role('moderator', 'MEMBER')")).scalar() is True
+            assert conn.execute(text("SELECT count(*) FROM moderation_queue")).scalar() == 0
+            assert conn.execute(text("SELECT count(*) FROM moderator_accounts")).scalar() == 0
+        web.dispose()
         with admin.connect() as conn:
             owners = dict(conn.execute(text(
                 "SELECT d.datname, r.rolname FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba "
@@ -655,6 +698,7 @@ def test_postgres_init_script_creates_both_databases_and_a_scorer_login(pg_url: 
         with admin.connect() as conn:
             for database in (names["AIRFLOW_DB_NAME"], names["REVIEWS_DB_NAME"]):
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-            for role in (names["REVIEWS_SCORER_USER"], names["REVIEWS_DB_USER"], names["AIRFLOW_DB_USER"]):
+            for role in (names["REVIEWS_MODERATOR_USER"], names["REVIEWS_SCORER_USER"], names["REVIEWS_DB_USER"],
+                         names["AIRFLOW_DB_USER"]):
                 conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
         admin.dispose()

@@ -136,7 +136,7 @@ def test_broken_rows_are_rejected_with_their_line_and_the_rest_loaded(engine: En
         b"3,10,11,rating too high,2015-08-26\n"                    # line 5: rating
         b"4,10,9,bad date,2015-13-40\n"                            # line 6: date
         b"5,10,9,nul \x00 inside,2015-08-26\n"                     # line 7: kept, NUL removed
-        b"6,10,9,bad bytes \xed\xa0\x80 \xff,2015-08-26\n"         # line 8: kept, U+FFFD
+        b"6,10,9,bad bytes \xed\xa0\x80 \xff,2015-08-26\n"         # line 8: not UTF-8
         b"1,10,9,same id again,2015-08-26\n"                       # line 9: duplicate
         b"7,10,9,too,many,fields\n"                                # line 10: field count
         b"8,,9,no product,2015-08-26\n"                            # line 11: product missing
@@ -145,20 +145,20 @@ def test_broken_rows_are_rejected_with_their_line_and_the_rest_loaded(engine: En
     )
     path.write_bytes(content)
     report = import_reviews(engine, path, now=NOW)
-    assert [r.line for r in report.rejections] == [4, 5, 6, 9, 10, 11]
+    assert [r.line for r in report.rejections] == [4, 5, 6, 8, 9, 10, 11]
     reasons = dict((r.line, r.reason) for r in report.rejections)
     assert reasons[4] == "review_id 'x1' is not an integer"
     assert reasons[5] == "rating 11 out of range 1-10"
     assert reasons[6] == "created_at '2015-13-40' is not an ISO date"
+    assert reasons[8] == "invalid UTF-8"
     assert reasons[9] == "duplicate review_id 1 (first at line 2)"
     assert reasons[10] == "expected 5 fields, found 6"
     assert reasons[11] == "missing product_id"
-    assert (report.rows_read, report.loaded, report.rejected, report.repaired) == (10, 4, 6, 2)
+    assert (report.rows_read, report.loaded, report.rejected, report.repaired) == (10, 3, 7, 1)
     rows = stored(engine)
-    assert sorted(rows) == [1, 5, 6, 9]
+    assert sorted(rows) == [1, 5, 9]
     assert rows[1]["text"] == "two\nlines, a \\ and a\ttab"
     assert rows[5]["text"] == "nul  inside"
-    assert rows[6]["text"] == "bad bytes \ufffd\ufffd\ufffd \ufffd"
     assert rows[9]["created_at"] == datetime(2015, 8, 26, 1, 30, tzinfo=timezone.utc)
     assert rows[9]["rating"] is None
     assert "line 4: review_id 'x1' is not an integer" in report.summary()

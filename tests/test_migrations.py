@@ -194,3 +194,37 @@ def test_db_commands_upgrade_status_and_sql(any_db_url: str, capsys: pytest.Capt
     assert "CREATE TABLE reviews" not in out
     assert main(["db", "sql", "--from", "nope"]) == 2
     assert capsys.readouterr().err.startswith("moderation db: error: schema migration: ")
+
+
+def test_upgrade_from_0010_keeps_queue_rows_as_flags_and_allows_unsure(bare: Engine) -> None:
+    migrations.upgrade(bare, "0010")
+    with bare.begin() as conn:
+        conn.execute(text("INSERT INTO reviews (review_id, product_id, text, ingested_at) "
+                          "VALUES (1, 10, '별로예요', :at), (2, 10, '최악', :at)"), {"at": NOW})
+        conn.execute(text("INSERT INTO moderation_queue (review_id, model_version, score, threshold, status, "
+                          "flagged_at, run_id, decided_by, decided_at, note) VALUES "
+                          "(1, 'm1', 0.9, 0.5, 'confirmed', :at, 'r1', 'kim', :at, '욕설'), "
+                          "(2, 'm1', 0.7, 0.5, 'pending', :at, 'r1', NULL, NULL, NULL)"), {"at": NOW})
+        conn.execute(text("INSERT INTO review_labels (review_id, label, source, labelled_at, labelled_by, "
+                          "text_version) VALUES (1, 1, 'moderator', :at, 'kim', 1)"), {"at": NOW})
+        conn.execute(text("INSERT INTO scoring_runs (run_id, interval_start, interval_end, model_version, threshold, "
+                          "reviews_read, reviews_scored, reviews_skipped, reviews_flagged, started_at, status) "
+                          "VALUES ('r1', :at, :at, 'm1', 0.5, 2, 2, 0, 2, :at, 'success')"), {"at": NOW})
+
+    assert migrations.upgrade(bare) == ("0010", migrations.head())
+
+    q = db.moderation_queue.c
+    with bare.connect() as conn:
+        rows = conn.execute(select(q.review_id, q.status, q.decided_by, q.note, q.kind, q.bucket, q.claimed_by,
+                                   q.claim_expires_at, q.reason).order_by(q.review_id)).all()
+        assert [tuple(r) for r in rows] == [(1, "confirmed", "kim", "욕설", "flagged", "flagged", None, None, None),
+                                            (2, "pending", None, None, "flagged", "flagged", None, None, None)]
+        assert conn.execute(select(db.scoring_runs.c.reviews_audited)).scalar_one() == 0
+        assert conn.execute(select(db.review_labels.c.review_id)).scalars().all() == [1]
+        view = conn.execute(text("SELECT review_id, kind, bucket, reason FROM flagged_reviews ORDER BY review_id"))
+        assert [tuple(r) for r in view] == [(1, "flagged", "flagged", None), (2, "flagged", "flagged", None)]
+    with bare.begin() as conn:  # the new status is allowed, and takes the moderator label with it
+        conn.execute(db.moderation_queue.update().where(q.review_id == 1).values(status="unsure", reason="other"))
+    with bare.connect() as conn:
+        assert conn.execute(select(db.review_labels.c.review_id)).scalars().all() == []
+    assert_schema_is_the_metadata(bare)

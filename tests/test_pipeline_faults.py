@@ -442,11 +442,11 @@ def test_two_publishes_of_one_interval_at_once_in_threads(
     other = replace(plan, run_id="manual__2024-03-03T00:00:00+00:00") if two_run_ids else plan
     events: list[tuple[str, str]] = []
     at_the_lock = threading.Barrier(2, timeout=60)
-    real_lock, real_recent = pipeline._lock_interval, pipeline._recent_flag_rates
+    real_lock, real_recent = db.lock_interval, pipeline._recent_flag_rates
 
-    def lock(conn: Any, run_plan: pipeline.RunPlan) -> None:
+    def lock(conn: Any) -> None:
         at_the_lock.wait()  # both transactions are open and both ask for the lock now
-        real_lock(conn, run_plan)
+        real_lock(conn)
         events.append(("locked", threading.current_thread().name))
         if len(events) == 1:
             time.sleep(0.5)  # hold it while the other publisher waits on it
@@ -455,7 +455,7 @@ def test_two_publishes_of_one_interval_at_once_in_threads(
         events.append(("done", threading.current_thread().name))
         return real_recent(conn, exclude_run)
 
-    monkeypatch.setattr(pipeline, "_lock_interval", lock)
+    monkeypatch.setattr(db, "lock_interval", lock)
     monkeypatch.setattr(pipeline, "_recent_flag_rates", last_statement)
     with ThreadPoolExecutor(2, thread_name_prefix="publisher") as pool:
         futures = [pool.submit(pipeline.publish, any_db_url, p, results) for p in (plan, other)]
@@ -476,15 +476,15 @@ import json, sys, time
 from pathlib import Path
 
 import pyarrow.parquet  # noqa: F401  (imported before the start signal, as publish would)
-from moderation import pipeline
+from moderation import db, pipeline
 
 db_url, payload_file, go_file = sys.argv[1:4]
 payload = json.loads(Path(payload_file).read_text())
-real_lock, real_recent = pipeline._lock_interval, pipeline._recent_flag_rates
+real_lock, real_recent = db.lock_interval, pipeline._recent_flag_rates
 times = {}
 
-def lock(conn, plan):
-    real_lock(conn, plan)
+def lock(conn):
+    real_lock(conn)
     times["locked"] = time.time()
     time.sleep(0.5)  # hold the lock: the other process must wait for it
 
@@ -492,7 +492,7 @@ def last_statement(conn, exclude_run):
     times["done"] = time.time()
     return real_recent(conn, exclude_run)
 
-pipeline._lock_interval, pipeline._recent_flag_rates = lock, last_statement
+db.lock_interval, pipeline._recent_flag_rates = lock, last_statement
 print("ready", flush=True)
 while not Path(go_file).exists():
     time.sleep(0.005)

@@ -114,6 +114,8 @@ BAD = [
     (["models", "list", "--db", "postgresql://u:secret@127.0.0.1:1/x?connect_timeout=1"], "is unavailable"),
     (["models", "register", "{t}/card-1.5", "--db", "sqlite:///{t}/empty.db"], "threshold must be between 0 and 1"),
     (["models", "activate", "v1", "--db", "sqlite:///{t}/missing/reviews.db"], "database file not found"),
+    (["serve", "--db", "sqlite:///{t}/missing/reviews.db"], "MODERATION_WEB_SECRET is not set"),
+    (["serve", "--port", "70000"], "--port: must be at most 65535"),
 ]
 
 
@@ -178,6 +180,33 @@ def test_bundle_fingerprint_is_the_files_in_name_order(tiny_model_dir: Path) -> 
 # ---------------------------------------------------------------- training data
 
 
+def test_the_base_corpus_is_a_setting_and_a_missing_one_is_refused_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is looked up beside the code: the Param, MODERATION_BASE_CORPUS, else MODERATION_HOME."""
+    from moderation.retraining import RetrainingParams, base_corpus_path
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MODERATION_HOME", str(home))
+    monkeypatch.delenv("MODERATION_BASE_CORPUS", raising=False)
+    RetrainingParams.from_mapping({})  # not asked for: not looked for
+    with pytest.raises(ModerationError, match=rf"not found at {home / 'ko_reviews.parquet'} \(the default under "
+                                              rf"MODERATION_HOME\): set the base_corpus parameter"):
+        RetrainingParams.from_mapping({"include_base_corpus": True})
+    home.mkdir()
+    (home / "ko_reviews.parquet").write_bytes(b"PAR1")  # only found here; read when training
+    assert base_corpus_path() == home / "ko_reviews.parquet"
+    elsewhere = tmp_path / "corpus.parquet"
+    monkeypatch.setenv("MODERATION_BASE_CORPUS", str(elsewhere))
+    with pytest.raises(ModerationError, match="not found at .*corpus.parquet \\(MODERATION_BASE_CORPUS\\)"):
+        base_corpus_path()
+    elsewhere.write_bytes(b"PAR1")
+    assert base_corpus_path() == elsewhere
+    with pytest.raises(ModerationError, match="\\(the base_corpus parameter\\)"):
+        RetrainingParams.from_mapping({"include_base_corpus": True, "base_corpus": str(tmp_path / "nope.parquet")})
+    params = RetrainingParams.from_mapping({"include_base_corpus": True, "base_corpus": str(elsewhere)})
+    assert base_corpus_path(params.base_corpus) == elsewhere
+
+
 def _labelled(tmp_path: Path, negatives: int, positives: int) -> Path:
     texts = [f"최악 배송 {i}" for i in range(negatives)] + [f"좋아요 추천 {i}" for i in range(positives)]
     path = tmp_path / "labelled.csv"
@@ -236,14 +265,16 @@ def test_train_replaces_only_an_unregistered_model_and_prints_json_only(sample_p
 # ---------------------------------------------------------------- score-file
 
 
-def test_score_file_repairs_invalid_utf8_and_reports_progress(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_score_file_rejects_invalid_utf8_lines_and_reports_progress(tiny_model_dir: Path, tmp_path: Path) -> None:
     source = tmp_path / "in.csv"
     source.write_bytes("text\n".encode() + b"\xff\xfe\xb0\xe8 " + "배송 최악\n".encode() + "좋아요\n".encode())
     out = tmp_path / "out.parquet"
     proc = run_cli("score-file", "--model", str(tiny_model_dir), str(source), str(out), "--progress")
     assert proc.returncode == 0, proc.stderr
-    assert pd.read_parquet(out)["score"].notna().tolist() == [True, True]
-    assert "scoring: 2/2 reviews (100%)" in proc.stderr and "reviews/s" in proc.stderr
+    scored = pd.read_parquet(out)
+    assert scored["text"].tolist() == ["좋아요"] and scored["score"].notna().tolist() == [True]
+    assert "1 rejected (line 2: invalid UTF-8)" in proc.stdout
+    assert "scoring: 1/1 reviews (100%)" in proc.stderr and "reviews/s" in proc.stderr
     quiet = run_cli("score-file", "--model", str(tiny_model_dir), str(source), str(out), "--force")
     assert quiet.returncode == 0 and "scoring:" not in quiet.stderr  # not a terminal, not asked: no progress
 
@@ -402,12 +433,12 @@ def test_reviews_import_refuses_a_column_of_numbers_and_keeps_the_texts(engine: 
     assert texts == ["최악 1", "최악 2", "최악 3", "최악 4"]
 
 
-def test_a_file_not_in_utf8_is_refused_and_a_few_bad_bytes_are_counted(
+def test_a_file_not_in_utf8_is_refused_and_a_few_bad_lines_are_rejected_by_number(
         engine: Any, any_db_url: str, tiny_model_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     """A Korean export saved as CP949 would be read as mojibake: scored and flagged with confidence by
-    score-file, and upserted over the real texts by reviews import. Refused; a few bad rows are still
-    repaired, and score-file now says how many, as reviews import does."""
+    score-file, and upserted over the real texts by reviews import. Refused; a line that is not UTF-8 in
+    an otherwise good file is rejected by number, by score-file as by reviews import."""
     _queue(engine, 4)
     cp949 = tmp_path / "cp949.csv"
     cp949.write_bytes("review_id,product_id,text\n1,1,배송이 너무 느려요\n2,1,최악입니다 환불해주세요\n3,1,\n"
@@ -426,6 +457,6 @@ def test_a_file_not_in_utf8_is_refused_and_a_few_bad_bytes_are_counted(
     mixed.write_bytes("review_id,product_id,text\n1,1,최악 1\n2,1,".encode() + "나빠요".encode("cp949")
                       + "\n3,1,좋아요\n".encode())
     assert main(["score-file", str(mixed), str(tmp_path / "out.csv"), "--model", str(tiny_model_dir)]) == 0
-    assert "1 repaired (bytes that were not UTF-8 became U+FFFD)" in capsys.readouterr().out
+    assert "scored 2 of 2 reviews" in (out := capsys.readouterr().out) and "1 rejected (line 3: invalid UTF-8)" in out
     assert main(["reviews", "import", str(mixed), "--db", any_db_url]) == 0
-    assert "1 repaired" in capsys.readouterr().out
+    assert "1 rejected" in (out := capsys.readouterr().out) and "line 3: invalid UTF-8" in out

@@ -229,3 +229,46 @@ def test_roles_file_tolerates_a_concurrent_creation_in_another_database(owner: E
             for name in names.values():
                 server_ddl(conn, "DROP ROLE IF EXISTS %I", name)
         admin.dispose()
+
+
+def test_moderator_works_the_queue_and_reads_accounts_but_never_writes_them(
+        owner: Engine, login_as: Callable[[str], Engine]) -> None:
+    """What the web app does, as the deployed ``moderator`` role: claim, decide with reasons, unsure, log in."""
+    from moderation.accounts import add_account, verify
+    from moderation.errors import ClaimError
+    from moderation.queue import QueueFilter, claim, decide, decide_matching, queue_page, release
+
+    add_account(owner, "kim", "correct horse")  # the owner (the CLI) manages accounts
+    moderator = login_as("moderator")
+    assert verify(moderator, "kim", "correct horse") and not verify(moderator, "kim", "wrong horse")
+    refused(moderator, "INSERT INTO moderator_accounts (name, password_hash, created_at) VALUES ('x', 'y', now())")
+    refused(moderator, "UPDATE moderator_accounts SET disabled = true")
+    refused(moderator, "UPDATE moderator_accounts SET password_hash = 'mine' WHERE name = 'kim'")
+    refused(moderator, "DELETE FROM moderator_accounts")
+
+    items, total = queue_page(moderator, QueueFilter(), now=NOW)
+    assert total == 2 and [i["review_id"] for i in items] == [1, 3]
+    claim(moderator, 1, "kim", now=NOW)
+    with pytest.raises(ClaimError):
+        claim(moderator, 1, "lee", now=NOW)
+    release(moderator, 1, "kim", now=NOW)
+    assert decide(moderator, [1], "confirmed", "kim", reason="abuse", now=NOW) == 1
+    assert decide(moderator, [1], "unsure", "lee", reason="other", now=NOW) == 1  # the trigger removes kim's label
+    assert decide_matching(moderator, QueueFilter(), "dismissed", "lee", reason="not_negative", now=NOW) == 1
+    with owner.connect() as conn:
+        assert dict(conn.execute(text("SELECT review_id, status FROM moderation_queue")).tuples().all()) == {
+            1: "unsure", 3: "dismissed"}
+        assert conn.execute(text("SELECT review_id, label FROM review_labels")).tuples().all() == [(3, 0)]
+        assert conn.execute(text("SELECT reason FROM moderation_events WHERE review_id = 3")).scalar_one() == \
+            "not_negative"
+    refused(moderator, "DELETE FROM review_labels")
+    refused(moderator, "UPDATE moderation_queue SET kind = 'audit', bucket = 'likely' WHERE review_id = 1")
+
+
+def test_scorer_queues_without_a_reason_and_never_reads_accounts(
+        owner: Engine, login_as: Callable[[str], Engine]) -> None:
+    scorer = login_as("scorer")
+    allowed(scorer, "INSERT INTO moderation_queue (review_id, model_version, score, threshold, status, flagged_at, "
+                    "run_id, kind, bucket) VALUES (2, 'm1', 0.1, 0.5, 'pending', now(), 'r2', 'audit', 'audit')")
+    refused(scorer, "UPDATE moderation_queue SET reason = 'spam' WHERE review_id = 2")
+    refused(scorer, "SELECT * FROM moderator_accounts")

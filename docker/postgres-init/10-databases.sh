@@ -6,7 +6,9 @@
 #   REVIEWS_DB_NAME  owned by REVIEWS_DB_USER   the shop's reviews, scores and queue
 # plus REVIEWS_SCORER_USER, a LOGIN user in the `scorer` group role the schema
 # migrations grant: Airflow's `reviews_db` connection logs in as it, so the
-# nightly DAG can write scores and flags but never decide them.
+# nightly DAG can write scores and flags but never decide them. When
+# REVIEWS_MODERATOR_PASSWORD is set (the stack sets it), REVIEWS_MODERATOR_USER
+# is a LOGIN user in the `moderator` group role: the web page's login.
 #
 # The group roles are created here (as superuser) so that the reviews owner
 # needs no CREATEROLE when airflow-init runs `moderation db init`; the
@@ -40,5 +42,14 @@ SELECT 'CREATE ROLE scorer NOLOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE
 CREATE ROLE :"scorer_user" LOGIN PASSWORD :'scorer_password' IN ROLE scorer;
 GRANT CONNECT ON DATABASE :"reviews_db" TO moderator, scorer;
 SQL
+
+if [ -n "${REVIEWS_MODERATOR_PASSWORD:-}" ]; then
+    : "${REVIEWS_MODERATOR_USER:?REVIEWS_MODERATOR_USER is not set}"
+    psql --no-psqlrc -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname postgres \
+        -v moderator_user="$REVIEWS_MODERATOR_USER" -v moderator_password="$REVIEWS_MODERATOR_PASSWORD" <<'SQL'
+CREATE ROLE :"moderator_user" LOGIN PASSWORD :'moderator_password' IN ROLE moderator;
+SQL
+    echo "postgres-init: created the web page's login ${REVIEWS_MODERATOR_USER} (role moderator)"
+fi
 
 echo "postgres-init: created databases ${AIRFLOW_DB_NAME}, ${REVIEWS_DB_NAME} and users ${AIRFLOW_DB_USER}, ${REVIEWS_DB_USER}, ${REVIEWS_SCORER_USER}"

@@ -29,7 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from moderation.cli import db_commands, model_commands, moderator_commands
+    from moderation.cli import account_commands, db_commands, model_commands, moderator_commands, web_commands
 
     parser = OneLineParser(prog="moderation", description="Korean review moderation: score, flag, decide, retrain.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.register(commands)
     db_commands.register(commands)
     moderator_commands.register(commands)
+    account_commands.register(commands)
+    web_commands.register(commands)
     return parser
 
 

@@ -57,6 +57,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "operating point")
     score.add_argument("--run-id", type=run_id, default=None,
                        help="name of the run record (default: from the interval); one run id, one interval")
+    score.add_argument("--audit-sample", type=int_at_least(0), default=0, metavar="N",
+                       help="also queue N of the run's unflagged reviews as audit items, seeded by the run id "
+                            "(default 0; the nightly DAG uses MODERATION_AUDIT_SAMPLE, default 50)")
     score.set_defaults(handler=_score)
 
 
@@ -136,6 +139,7 @@ def _score(args: argparse.Namespace) -> int:
     if args.end <= args.start:
         raise InputDataError(f"--end {args.end.isoformat()} must be after --start {args.start.isoformat()}")
     summary = run_nightly(args.db, args.start, args.end, run_id=args.run_id, chunk_size=args.chunk_size,
-                          threshold=args.threshold, operating_point=args.operating_point)
+                          threshold=args.threshold, operating_point=args.operating_point,
+                          audit_sample=args.audit_sample)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0

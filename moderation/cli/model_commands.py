@@ -189,7 +189,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _score_file(args: argparse.Namespace) -> int:
-    from moderation.data import TEXT_COLUMN, read_table, repaired_texts, require_text_column
+    from moderation.data import TEXT_COLUMN, read_table, require_text_column
+    from moderation.reading import describe_rejections, frame_rejections
     from moderation.scoring import load_scorer
 
     input_file(args.input)
@@ -212,11 +213,11 @@ def _score_file(args: argparse.Namespace) -> int:
     else:
         out.to_csv(args.output, index=False)
     skipped = out["skip_reason"].value_counts().to_dict()
-    repaired = repaired_texts(frame)  # as `reviews import` reports its repaired rows
+    rejected, rejections = frame_rejections(frame)  # lines not in UTF-8, as `reviews import` reports them
     print(f"scored {int(out['score'].notna().sum())} of {len(out)} reviews with {scorer.bundle.version}, "
           f"flagged {int(out['flagged'].sum())} ({_threshold_note(scorer.threshold, point)}), "
           f"skipped {sum(skipped.values())}{' ' + json.dumps(skipped, ensure_ascii=False) if skipped else ''}"
-          f"{f', {repaired} repaired (bytes that were not UTF-8 became U+FFFD)' if repaired else ''} -> {args.output}")
+          f"{', ' + describe_rejections(rejected, rejections) if rejected else ''} -> {args.output}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Moderator commands: flagged, decide, stats, labels, models.
+"""Moderator commands: queue, claim, release, flagged, decide, stats, events, labels, models.
 
 Tables are drawn for a terminal that shows Hangul (and other East Asian
 wide characters) two columns wide: cells are padded by display width, not
@@ -13,12 +13,16 @@ import io
 import json
 import math
 import sys
+import textwrap
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import wcwidth
+from tabulate import tabulate
 
 if TYPE_CHECKING:  # the CLI builds every parser at start-up: SQLAlchemy loads only for the commands using it
     from sqlalchemy import Engine
@@ -37,8 +41,14 @@ ELLIPSIS = "…"
 REJECTIONS_SHOWN = 5
 
 
+#: Queue statuses a listing may ask for; "any" lifts the filter.
+QUEUE_STATUSES = ("pending", "confirmed", "dismissed", "unsure", "expired", "any")
+
+
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add flagged, decide, stats, labels and models to the ``moderation`` command."""
+    """Add the moderators' commands to the ``moderation`` command."""
+    _register_queue(commands)
+    _register_claims(commands)
     _register_flagged(commands)
     _register_decide(commands)
     _register_stats(commands)
@@ -50,9 +60,63 @@ def register(commands: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- parsers
 
 
+def _filter_options(parser: argparse.ArgumentParser, status: bool = True) -> None:
+    """The queue filter flags, shared by ``queue`` and ``decide --all-matching``."""
+    from moderation.queue import BUCKETS, KINDS
+
+    if status:
+        parser.add_argument("--status", choices=QUEUE_STATUSES, default="pending",
+                            help="only this status (default: pending; any: every status)")
+    parser.add_argument("--bucket", choices=BUCKETS, default=None, help="only this priority bucket")
+    parser.add_argument("--kind", choices=KINDS, default=None, help="flagged by the model, or audit samples")
+    parser.add_argument("--since", type=parse_time, default=None, metavar="DATE",
+                        help="flagged at or after (ISO date/time, UTC)")
+    parser.add_argument("--until", type=parse_time, default=None, metavar="DATE", help="flagged before (exclusive)")
+    parser.add_argument("--product", type=int_at_least(0), default=None, metavar="ID")
+
+
+def _queue_filter(args: argparse.Namespace) -> Any:
+    from moderation.queue import QueueFilter
+
+    status = getattr(args, "status", "pending")
+    return QueueFilter(status=None if status == "any" else status, bucket=args.bucket, kind=args.kind,
+                       since=args.since, until=args.until, product=args.product)
+
+
+def _register_queue(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("queue", help="the work queue: by priority bucket, then oldest first",
+                                 description="Pending items by default, most urgent bucket first "
+                                             "(very_likely, likely, maybe, flagged, audit), oldest flag first "
+                                             "within a bucket, with who holds a live claim.")
+    _filter_options(parser)
+    parser.add_argument("--limit", type=int_at_least(1), default=TABLE_LIMIT, metavar="N",
+                        help=f"at most N items (default {TABLE_LIMIT})")
+    parser.add_argument("--offset", type=int_at_least(0), default=0, metavar="N", help="skip the first N")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    db_option(parser)
+    parser.set_defaults(handler=_queue)
+
+
+def _register_claims(commands: argparse._SubParsersAction) -> None:
+    take = commands.add_parser("claim", help="claim a queue item for a few minutes, so no one else decides it",
+                               description="A claim is a lease: it lapses by itself after --minutes "
+                                           "(default $MODERATION_CLAIM_MINUTES, else 10). Claiming again "
+                                           "extends one's own claim.")
+    take.add_argument("review_id", type=int, metavar="REVIEW_ID")
+    take.add_argument("--by", required=True, metavar="NAME", help="moderator's name")
+    take.add_argument("--minutes", type=int_at_least(1), default=None, metavar="N")
+    db_option(take)
+    take.set_defaults(handler=_claim)
+    give = commands.add_parser("release", help="give up one's claim on a queue item")
+    give.add_argument("review_id", type=int, metavar="REVIEW_ID")
+    give.add_argument("--by", required=True, metavar="NAME", help="moderator's name")
+    db_option(give)
+    give.set_defaults(handler=_release)
+
+
 def _register_flagged(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("flagged", help="list flagged reviews, newest first")
-    parser.add_argument("--status", choices=["pending", "confirmed", "dismissed"], default=None,
+    parser.add_argument("--status", choices=["pending", "confirmed", "dismissed", "unsure", "expired"], default=None,
                         help="only this status (default: all)")
     parser.add_argument("--since", type=parse_time, default=None, metavar="DATE",
                         help="flagged at or after (ISO date/time, UTC)")
@@ -72,15 +136,29 @@ def _register_flagged(commands: argparse._SubParsersAction) -> None:
 
 
 def _register_decide(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("decide", help="confirm or dismiss flagged reviews (also records labels)")
-    parser.add_argument("review_ids", nargs="+", type=int, metavar="REVIEW_ID")
+    from moderation.queue import REASONS
+
+    parser = commands.add_parser(
+        "decide", help="confirm, dismiss or mark unsure queued reviews (confirm/dismiss also record labels)",
+        description="Decide the REVIEW_IDs, or with --all-matching every pending item the filter flags match "
+                    "(items another moderator has claimed are skipped). Items claimed by another moderator "
+                    "are refused when named by id.")
+    parser.add_argument("review_ids", nargs="*", type=int, metavar="REVIEW_ID")
     choice = parser.add_mutually_exclusive_group(required=True)
     choice.add_argument("--confirm", dest="decision", action="store_const", const="confirmed",
                         help="the review is negative: the flag was right")
     choice.add_argument("--dismiss", dest="decision", action="store_const", const="dismissed",
                         help="the review is not negative: the flag was wrong")
+    choice.add_argument("--unsure", dest="decision", action="store_const", const="unsure",
+                        help="cannot tell: no training label (an earlier moderator label is removed)")
     parser.add_argument("--by", required=True, metavar="NAME", help="moderator's name")
+    parser.add_argument("--reason", choices=REASONS, default=None, help="why (recorded with the decision)")
     parser.add_argument("--note", default=None, metavar="TEXT")
+    parser.add_argument("--all-matching", action="store_true",
+                        help="decide every pending item matching the filter flags below instead of ids")
+    _filter_options(parser, status=False)
+    parser.add_argument("--limit", type=int_at_least(1), default=None, metavar="N",
+                        help="with --all-matching: at most N items, the first in queue order")
     db_option(parser)
     parser.set_defaults(handler=_decide)
 
@@ -203,13 +281,62 @@ def _flagged(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace) -> int:
-    from moderation.queue import decide
+    from moderation.queue import decide, decide_matching
 
+    filtered = [flag for flag, value in (("--bucket", args.bucket), ("--kind", args.kind), ("--since", args.since),
+                                         ("--until", args.until), ("--product", args.product),
+                                         ("--limit", args.limit)) if value is not None]
+    if args.all_matching:
+        if args.review_ids:
+            raise InputDataError("give review ids or --all-matching, not both")
+        with _engine(args) as engine:
+            count = decide_matching(engine, _queue_filter(args), args.decision, by=args.by, reason=args.reason,
+                                    note=args.note, limit=args.limit)
+        print(f"{args.decision} {count} matching pending review{'s' if count != 1 else ''} by {args.by.strip()}")
+        return 0
+    if filtered:
+        raise InputDataError(f"{', '.join(filtered)} filter the queue only with --all-matching")
+    if not args.review_ids:
+        raise InputDataError("give the review ids to decide, or --all-matching with filter flags")
     with _engine(args) as engine:
-        count = decide(engine, args.review_ids, args.decision, by=args.by, note=args.note)
+        count = decide(engine, args.review_ids, args.decision, by=args.by, note=args.note, reason=args.reason)
     ids = sorted(set(args.review_ids))
     shown = ", ".join(str(i) for i in ids[:10]) + (f", ... ({len(ids) - 10} more)" if len(ids) > 10 else "")
     print(f"{args.decision} {count} review{'s' if count != 1 else ''} by {args.by.strip()}: {shown}")
+    return 0
+
+
+def _queue(args: argparse.Namespace) -> int:
+    from moderation.queue import queue_page
+
+    with _engine(args) as engine:
+        items, total = queue_page(engine, _queue_filter(args), limit=args.limit, offset=args.offset)
+    if args.format == "json":
+        print(json.dumps({"total": total, "items": items}, indent=2, ensure_ascii=False, default=_json_default))
+        return 0
+    print(queue_table(items))
+    if total > args.offset + len(items):
+        print(f"showing {args.offset + 1 if items else args.offset}-{args.offset + len(items)} of {total}: "
+              f"--offset {args.offset + len(items)} for more", file=sys.stderr)
+    return 0
+
+
+def _claim(args: argparse.Namespace) -> int:
+    from moderation.queue import claim
+
+    with _engine(args) as engine:
+        item = claim(engine, args.review_id, args.by, minutes=args.minutes)
+    print(f"review {item['review_id']} claimed by {item['claimed_by']} until "
+          f"{item['claim_expires_at'].strftime('%Y-%m-%d %H:%M')} UTC")
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from moderation.queue import release
+
+    with _engine(args) as engine:
+        release(engine, args.review_id, args.by)
+    print(f"review {args.review_id}: no claim by {args.by.strip()} any more")
     return 0
 
 
@@ -369,6 +496,17 @@ def flagged_table(rows: list[dict[str, Any]]) -> str:
     return render_table(headers, cells, right={0, 1, 4})
 
 
+def queue_table(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no queue items match"
+    headers = ["review_id", "bucket", "kind", "score", "status", "flagged_at (UTC)", "claimed by", "product", "text"]
+    cells = [[str(i["review_id"]), i["bucket"], i["kind"], "edited" if i["score"] is None else f"{i['score']:.4f}",
+              i["status"] + (f" ({i['reason']})" if i["reason"] else ""), i["flagged_at"].strftime("%Y-%m-%d %H:%M"),
+              f"{i['claimed_by']} until {i['claim_expires_at'].strftime('%H:%M')}" if i["claimed_by"] else "",
+              str(i["product_id"]), truncate(one_line(i["text"] or ""), TEXT_WIDTH)] for i in items]
+    return render_table(headers, cells, right={0, 3, 7})
+
+
 def stats_text(result: dict[str, Any]) -> str:
     overall = result["overall"]
     lines = []
@@ -416,13 +554,13 @@ def operating_point_lines(models: list[dict[str, Any]]) -> list[str]:
         for domain, named in points.items():
             for name, point in named.items():
                 label = name if domain == m.get("default_domain") else f"{domain}:{name}"
-                rows.append([f"  {label}", domain + (" (default)" if domain == m.get("default_domain") else ""),
+                rows.append([label, domain + (" (default)" if domain == m.get("default_domain") else ""),
                              _number(_finite_or_none(point.get("threshold"))),
                              _number(_finite_or_none(point.get("precision"))),
                              _number(_finite_or_none(point.get("recall"))),
                              _number(_finite_or_none(point.get("false_positive_rate")))])
-        lines.append(render_table(["  name", "domain", "threshold", "precision", "recall", "fpr"], rows,
-                                  right={2, 3, 4, 5}))
+        lines.append(textwrap.indent(render_table(["name", "domain", "threshold", "precision", "recall", "fpr"],
+                                                  rows, right={2, 3, 4, 5}), "  "))
     return lines
 
 
@@ -442,17 +580,6 @@ def _number(value: float | None) -> str:
 # ---------------------------------------------------------------- display width
 
 
-def char_width(char: str) -> int:
-    """Terminal columns of one character: 2 for wide (Hangul, CJK, most emoji), 0 for combining marks."""
-    if unicodedata.combining(char) or unicodedata.category(char) in {"Mn", "Me", "Cf"}:
-        return 0
-    return 2 if unicodedata.east_asian_width(char) in {"W", "F"} else 1
-
-
-def display_width(text: str) -> int:
-    return sum(char_width(c) for c in text)
-
-
 def one_line(text: str) -> str:
     """NFC (decomposed Hangul jamo would be counted apart) and every control or line break as one space."""
     text = unicodedata.normalize("NFC", text)
@@ -461,32 +588,13 @@ def one_line(text: str) -> str:
 
 
 def truncate(text: str, width: int) -> str:
-    """At most ``width`` display columns, an ellipsis marking a cut."""
-    if display_width(text) <= width:
+    """At most ``width`` terminal columns (Hangul and emoji take two), an ellipsis marking a cut."""
+    if wcwidth.width(text) <= width:
         return text
-    out, used = [], 0
-    for char in text:
-        size = char_width(char)
-        if used + size > width - display_width(ELLIPSIS):
-            break
-        out.append(char)
-        used += size
-    return "".join(out) + ELLIPSIS
+    return wcwidth.clip(text, 0, width - wcwidth.width(ELLIPSIS)).rstrip() + ELLIPSIS
 
 
-def pad(text: str, width: int, right: bool = False) -> str:
-    fill = " " * max(width - display_width(text), 0)
-    return fill + text if right else text + fill
-
-
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int] | None = None,
-                 sep: str = "  ") -> str:
-    """Columns padded by display width, so every line (header and rule included) is equally wide."""
-    right = right or set()
-    widths = [max([display_width(h)] + [display_width(r[i]) for r in rows]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return sep.join(pad(cell, widths[i], i in right) for i, cell in enumerate(cells))
-
-    rule = sep.join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int] | None = None) -> str:
+    """Columns padded by display width (tabulate measures with wcwidth), so every line is equally wide."""
+    align = ["right" if i in (right or set()) else "left" for i in range(len(headers))]
+    return tabulate(rows, headers, tablefmt="simple", colalign=align, disable_numparse=True)

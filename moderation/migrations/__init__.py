@@ -85,8 +85,7 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     from moderation import db
 
     with _alembic_errors(), db.translate_errors(engine), engine.begin() as conn:
-        if conn.dialect.name == "postgresql":  # one upgrader at a time; the others wait, then find head
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(1297040712)")
+        db.advisory_lock(conn, db.MIGRATION_LOCK)  # one upgrader at a time; the others wait, then find head
         before = current(conn)
         if before is None and is_legacy(conn):
             from moderation.migrations import baseline

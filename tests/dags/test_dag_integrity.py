@@ -135,6 +135,8 @@ def test_reviews_db_url_prefers_the_connection(airflow_db: Path, monkeypatch: py
     ("threshold", None, True), ("threshold", 0.7, True), ("threshold", 1.5, False), ("threshold", -0.1, False),
     ("threshold", "high", False), ("chunk_size", 1_000, True), ("chunk_size", 5, False), ("chunk_size", 2.5, False),
     ("chunk_size", None, True), ("scoring_slots", 4, True), ("scoring_slots", 0, False),
+    ("audit_sample", None, True), ("audit_sample", 0, True), ("audit_sample", 50, True), ("audit_sample", -1, False),
+    ("audit_sample", 20_000, False), ("audit_sample", 2.5, False),
 ])
 def test_nightly_params_are_typed_and_bounded(dag_bag: Any, name: str, value: Any, ok: bool) -> None:
     from airflow.sdk.exceptions import ParamValidationError

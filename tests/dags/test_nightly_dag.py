@@ -24,6 +24,7 @@ IMPORTED_AT = datetime(2024, 3, 4, tzinfo=timezone.utc)
 LOGICAL_DATE = datetime(2024, 3, 3, tzinfo=timezone.utc)
 INTERVAL = (datetime(2024, 3, 2, tzinfo=timezone.utc), datetime(2024, 3, 3, tzinfo=timezone.utc))
 CHUNK_SIZE = 2_100  # the 6,012 reviews, none scored yet -> 3 chunks
+AUDIT_SAMPLE = 50  # the audit_sample Param left empty: MODERATION_AUDIT_SAMPLE's default
 
 
 def load_reviews(db_url: str, sample_path: Path) -> None:
@@ -75,10 +76,14 @@ def assert_published(db_url: str, threshold: float) -> None:
     assert {r["model_version"] for r in scores} == {"tiny-model"}
     flagged = {r["review_id"]: r["score"] for r in scores if r["score"] is not None and r["score"] >= threshold}
     queue = rows(db_url, db.moderation_queue)
-    assert {r["review_id"]: r["score"] for r in queue} == flagged
+    assert {r["review_id"]: r["score"] for r in queue if r["kind"] == "flagged"} == flagged
     assert 0 < len(flagged) < len(expected)
     assert {r["status"] for r in queue} == {"pending"}
     assert all(r["threshold"] == pytest.approx(threshold) for r in queue)
+    # beside the flags, the default audit sample of unflagged reviews (MODERATION_AUDIT_SAMPLE unset: 50)
+    audits = [r for r in queue if r["kind"] == "audit"]
+    assert len(audits) == AUDIT_SAMPLE and {r["bucket"] for r in audits} == {"audit"}
+    assert all(r["score"] < threshold for r in audits)
 
     [run] = rows(db_url, db.scoring_runs)
     assert run["run_id"] == f"manual__{LOGICAL_DATE.isoformat()}"
@@ -88,6 +93,7 @@ def assert_published(db_url: str, threshold: float) -> None:
     assert run["reviews_scored"] == sum(r["score"] is not None for r in scores)
     assert run["reviews_skipped"] == sum(r["score"] is None for r in scores)
     assert run["reviews_flagged"] == len(flagged)
+    assert run["reviews_audited"] == AUDIT_SAMPLE
     assert run["threshold"] == pytest.approx(threshold)
 
 
@@ -205,7 +211,7 @@ def test_cli_score_gives_the_same_tables_as_the_dag(
         scores = [(r["review_id"], r["model_version"], None if r["score"] is None else round(r["score"], 6),
                    r["skip_reason"]) for r in rows(url, db.review_scores)]
         queue = [(r["review_id"], r["model_version"], round(r["score"], 6), r["threshold"], r["status"])
-                 for r in rows(url, db.moderation_queue)]
+                 for r in rows(url, db.moderation_queue) if r["kind"] == "flagged"]  # the CLI samples no audits
         return scores, queue
 
     assert essence(cli_url) == essence(sqlite_url)
@@ -245,6 +251,41 @@ def test_operating_point_param_is_recorded_and_a_wrong_one_fails_plan(
     state, tasks = dag_runner(nightly_dag, night, {"threshold": None, "operating_point": None})  # dag.test keeps conf
     assert state == "success", tasks
     assert [r["operating_point"] for r in rows(sqlite_url, db.scoring_runs)] == ["steam:likely", "default"]
+
+
+def test_audit_sample_param_is_seeded_by_the_run_and_never_replaces_a_decision(
+    sqlite_url: str, sample_path: Path, tiny_model_dir: Path, nightly_dag: Any, dag_runner: Any,
+    reviews_connection: Any,
+) -> None:
+    load_reviews(sqlite_url, sample_path)
+    reviews_connection(sqlite_url)
+    threshold = model_threshold(tiny_model_dir)
+
+    state, tasks = dag_runner(nightly_dag, LOGICAL_DATE, {"chunk_size": 10_000, "audit_sample": 12})
+
+    assert state == "success", tasks
+    audits = {r["review_id"]: r for r in rows(sqlite_url, db.moderation_queue) if r["kind"] == "audit"}
+    assert len(audits) == 12 and all(r["score"] < threshold and r["bucket"] == "audit" for r in audits.values())
+    [run] = rows(sqlite_url, db.scoring_runs)
+    assert run["reviews_audited"] == 12
+    # a moderator dismisses one audit item, then the run is cleared and run again: the same twelve, decision kept
+    from moderation.queue import decide
+
+    engine = db.make_engine(sqlite_url)
+    decided = min(audits)
+    decide(engine, [decided], "dismissed", "moderator-kim", reason="not_negative")
+    with engine.begin() as conn:  # as if the interval had not been scored: the re-run scores and samples again
+        conn.execute(db.review_scores.delete())
+    engine.dispose()
+
+    state, tasks = dag_runner(nightly_dag, LOGICAL_DATE, {"chunk_size": 10_000, "audit_sample": 12})
+
+    assert state == "success", tasks
+    again = {r["review_id"]: r for r in rows(sqlite_url, db.moderation_queue) if r["kind"] == "audit"}
+    assert set(again) == set(audits)
+    assert (again[decided]["status"], again[decided]["decided_by"], again[decided]["reason"]) == (
+        "dismissed", "moderator-kim", "not_negative")
+    assert rows(sqlite_url, db.scoring_runs)[0]["reviews_audited"] == 12
 
 
 def test_nightly_run_without_a_chunk_size_keeps_its_files_in_an_object_store(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from moderation import db
 
@@ -226,3 +226,57 @@ def test_promoted_model_is_used_by_the_next_nightly_run(
         scored_by = set(conn.execute(select(db.review_scores.c.model_version)).scalars())
     engine.dispose()
     assert used == {active[0]} and scored_by == {active[0]}
+
+
+def test_promotion_judges_on_audit_labels_when_there_are_enough() -> None:
+    from moderation.retraining import RetrainingParams, promotion_decision
+
+    candidate = {"final_loss": 0.4}
+    held_out_better = {"candidate": {"roc_auc": 0.80}, "active": {"roc_auc": 0.75}}
+    audit_worse = {"candidate": {"roc_auc": 0.70}, "active": {"roc_auc": 0.78}}
+    enough = {**held_out_better, "audit": audit_worse, "audit_rows": 40, "audit_negative": 9}
+    refused = promotion_decision(enough, candidate, RetrainingParams())
+    assert not refused["promote"] and refused["basis"] == "audit" and "on 40 audit labels" in refused["reason"]
+    for thin in ({**enough, "audit_rows": 29}, {**enough, "audit_negative": 0}, {**enough, "audit_negative": 40}):
+        decision = promotion_decision(thin, candidate, RetrainingParams())
+        assert decision["promote"] and decision["basis"] == "holdout", thin
+    assert promotion_decision({**enough, "audit_rows": 29}, candidate,
+                              RetrainingParams(min_audit_labels=20))["basis"] == "audit"
+    assert promotion_decision(held_out_better, candidate, RetrainingParams())["basis"] == "holdout"
+
+
+def test_audit_labels_are_kept_out_of_training_and_evaluated_apart(
+        sqlite_url: str, sample_path: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from moderation.queue import decide
+    from moderation.retraining import RetrainingParams, evaluate_models, snapshot_labels
+
+    prepare(sqlite_url, sample_path, tiny_model_dir)
+    engine = db.make_engine(sqlite_url)
+    with engine.begin() as conn:
+        ids = conn.execute(select(db.reviews.c.review_id).where(db.reviews.c.text.is_not(None),
+                                                                 func.trim(db.reviews.c.text) != "")
+                           .order_by(db.reviews.c.review_id).limit(40)).scalars().all()
+        conn.execute(db.review_labels.delete().where(db.review_labels.c.review_id.in_(ids)))
+        conn.execute(db.moderation_queue.insert(), [
+            {"review_id": rid, "model_version": "tiny-model", "score": 0.1, "threshold": 0.5, "status": "pending",
+             "flagged_at": IMPORTED_AT, "run_id": "night", "kind": "audit", "bucket": "audit"} for rid in ids])
+    decide(engine, ids[:10], "confirmed", "kim", now=LABELLED_AT)
+    decide(engine, ids[10:35], "dismissed", "kim", now=LABELLED_AT)
+    decide(engine, ids[35:], "unsure", "kim", now=LABELLED_AT)  # no label: not an audit label
+    engine.dispose()
+    params = RetrainingParams(include_rating_labels=False)
+
+    snapshot = snapshot_labels(sqlite_url, tmp_path, params)
+
+    assert (snapshot["audit_rows"], snapshot["audit_negative"]) == (35, 10)
+    trained_on = set(pd.read_parquet(snapshot["path"])["review_id"])
+    assert not trained_on & set(ids)
+    assert sorted(pd.read_parquet(snapshot["audit_path"])["review_id"]) == sorted(ids[:35])
+    evaluation = evaluate_models(snapshot, {"path": str(tiny_model_dir)}, str(tiny_model_dir), params)
+    audit = evaluation["audit"]["candidate"]
+    assert evaluation["audit_rows"] == 35 and audit["n"] + audit["skipped"] == 35
+    assert evaluation["audit"]["candidate"]["roc_auc"] == evaluation["audit"]["active"]["roc_auc"]
+    held_out = evaluation["candidate"]  # the held-out figures stay beside them
+    assert held_out["n"] + held_out["skipped"] == evaluation["holdout_rows"]
