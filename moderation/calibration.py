@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_FALSE_POSITIVE_RATE = 0.08
 
 
-def _scored(bundle: ModelBundle, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def scored_labels(bundle: ModelBundle, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' labels and the model's scores, leaving out rows it could not score (NaN)."""
     from moderation.scoring import Scorer
 
     scores = Scorer(bundle).score_texts(frame["text"]).score
@@ -41,7 +42,7 @@ def _scored(bundle: ModelBundle, frame: pd.DataFrame) -> tuple[np.ndarray, np.nd
 
 def calibrate(bundle: ModelBundle, validation: Mapping[str, pd.DataFrame], test: Mapping[str, pd.DataFrame],
               default_domain: str, max_false_positive_rate: float = DEFAULT_MAX_FALSE_POSITIVE_RATE) -> ModelCard:
-    """Set the card's operating points, default threshold and per-domain test figures.
+    """Set the card's operating points, queue buckets, default threshold and per-domain test figures.
 
     ``validation`` and ``test`` map a domain name to labelled rows (``text``,
     ``label``, 1 = negative). The default threshold is the lowest that flags
@@ -56,7 +57,7 @@ def calibrate(bundle: ModelBundle, validation: Mapping[str, pd.DataFrame], test:
     if not 0 < max_false_positive_rate < 1:
         raise ModerationError(f"max false-positive rate must be between 0 and 1, not {max_false_positive_rate}")
     card = bundle.card
-    scored_validation = {d: _scored(bundle, f) for d, f in validation.items()}
+    scored_validation = {d: scored_labels(bundle, f) for d, f in validation.items()}
     for domain, (labels, _) in scored_validation.items():
         if labels.sum() == 0 or labels.sum() == len(labels):
             raise ModerationError(f"the {domain} validation rows need both negative and positive reviews")
@@ -67,6 +68,7 @@ def calibrate(bundle: ModelBundle, validation: Mapping[str, pd.DataFrame], test:
     card.threshold = threshold
     card.default_domain = default_domain
     card.operating_points = {d: metrics.operating_points(l, s) for d, (l, s) in scored_validation.items()}
+    card.queue_buckets = {d: metrics.fpr_points(l, s) for d, (l, s) in scored_validation.items()}
     per_domain: dict[str, Any] = {}
     for domain, (labels, scores) in scored_validation.items():
         own = round(metrics.best_threshold(labels, scores), 6)
@@ -76,7 +78,7 @@ def calibrate(bundle: ModelBundle, validation: Mapping[str, pd.DataFrame], test:
             "own_best_threshold": own,
         }
         if domain in test and len(test[domain]):
-            test_labels, test_scores = _scored(bundle, test[domain])
+            test_labels, test_scores = scored_labels(bundle, test[domain])
             entry["test_rows"] = int(len(test_labels))
             entry["test_at_default"] = metrics.summary(test_labels, test_scores, threshold)
             entry["test_at_own_threshold"] = metrics.summary(test_labels, test_scores, own)
@@ -92,6 +94,15 @@ def calibrate(bundle: ModelBundle, validation: Mapping[str, pd.DataFrame], test:
     log.info("calibrated %s: default threshold %.4f on %s; operating points for %s", card.version, threshold,
              default_domain, ", ".join(sorted(card.operating_points)))
     return card
+
+
+def queue_buckets(bundle: ModelBundle, validation: Mapping[str, pd.DataFrame]) -> dict[str, dict[str, Any]]:
+    """Per domain, the queue's priority levels chosen on these validation rows (:func:`metrics.fpr_points`).
+
+    :func:`calibrate` sets them with everything else; this gives them alone, to
+    add to a card calibrated before they existed without touching its other choices.
+    """
+    return {domain: metrics.fpr_points(*scored_labels(bundle, frame)) for domain, frame in validation.items()}
 
 
 def write_card(directory: Path | str, card: ModelCard) -> Path:

@@ -120,3 +120,73 @@ def capped_fpr_threshold(labels: np.ndarray, scores: np.ndarray, max_fpr: float)
     if not len(allowed):
         return float(sorted_scores[0]) if len(sorted_scores) else 0.5
     return float(sorted_scores[int(allowed[-1])])
+
+
+#: Queue priority levels: the most good (positive) reviews each may flag, as a share of them.
+#: A false-positive rate does not depend on a shop's mix of good and bad reviews, so unlike
+#: the precision points above these rank flags the same way in every shop. Only a level whose
+#: threshold lies above a run's threshold separates that run's flags.
+QUEUE_BUCKET_FPR: dict[str, float] = {"very_likely": 0.01, "likely": 0.03, "maybe": 0.05}
+
+
+def fpr_points(labels: np.ndarray, scores: np.ndarray,
+               budgets: dict[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """For each named false-flag budget, the lowest threshold within it (:func:`capped_fpr_threshold`).
+
+    Each point records its budget, the false-positive rate and recall it
+    reached on these rows. A budget whose threshold is not strictly between 0
+    and 1 (too few rows to place it) is left out.
+    """
+    budgets = QUEUE_BUCKET_FPR if budgets is None else budgets
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return {}
+    scores = np.asarray(scores, dtype=np.float64)
+    points: dict[str, dict[str, float]] = {}
+    for name, budget in budgets.items():
+        threshold = round(capped_fpr_threshold(labels, scores, budget), 6)
+        if not 0.0 < threshold < 1.0:
+            continue
+        flagged = scores >= threshold
+        points[name] = {
+            "threshold": threshold,
+            "max_false_positive_rate": budget,
+            "false_positive_rate": round(float(flagged[~labels].mean()), 5),
+            "recall": round(float(flagged[labels].mean()), 5),
+        }
+    return points
+
+
+def bucket_shares(labels: np.ndarray, scores: np.ndarray, threshold: float, points: dict[str, float],
+                  negative_share: float | None = None) -> list[dict[str, float | str]]:
+    """How the flags at ``threshold`` fall into priority buckets, with each bucket's precision.
+
+    ``points`` maps a bucket name to its threshold; a flag goes to the highest
+    bucket it reaches, else ``flagged``. With ``negative_share`` the rows are
+    reweighted to that share of negatives (label 1) before counting, as a
+    shop's natural mix would give; without it the rows count as they are.
+    Buckets are listed highest threshold first, then ``flagged``.
+    """
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_negative, n_positive = max(int(labels.sum()), 1), max(int((~labels).sum()), 1)
+    if negative_share is None:
+        weight_neg = weight_pos = 1.0
+    else:
+        weight_neg, weight_pos = negative_share / n_negative, (1 - negative_share) / n_positive
+    ordered = sorted(points.items(), key=lambda item: -item[1])
+    bucket = np.full(len(scores), "flagged", dtype=object)
+    for name, cut in reversed(ordered):  # highest threshold last, so it wins
+        bucket[scores >= cut] = name
+    flagged = scores >= threshold
+    total = float(labels[flagged].sum() * weight_neg + (~labels[flagged]).sum() * weight_pos)
+    rows: list[dict[str, float | str]] = []
+    for name in [name for name, _ in ordered] + ["flagged"]:
+        inside = flagged & (bucket == name)
+        hits = float(labels[inside].sum() * weight_neg)
+        misses = float((~labels[inside]).sum() * weight_pos)
+        rows.append({"bucket": name, "flags": int(inside.sum()),
+                     "share": round((hits + misses) / total, 4) if total else float("nan"),
+                     "precision": round(hits / (hits + misses), 4) if hits + misses else float("nan")})
+    return rows

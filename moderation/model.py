@@ -82,6 +82,10 @@ class ModelCard:
     operating_points: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: The domain whose rows chose ``threshold`` and whose points a bare point name means.
     default_domain: str | None = None
+    #: Per domain, the queue's priority levels (very_likely, likely, maybe): thresholds chosen by a
+    #: budget of good reviews flagged (:data:`moderation.metrics.QUEUE_BUCKET_FPR`), with the rate and
+    #: recall reached on validation. Not operating points: a run cannot be set to one.
+    queue_buckets: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def operating_threshold(self, name: str) -> float:
         """The threshold of a named operating point: ``likely``, or ``steam:likely`` for another domain.
@@ -170,18 +174,23 @@ def validate_card(payload: dict[str, Any]) -> None:
     except ValueError:
         raise ModelBundleError(f"model card {version}: created_at is not an ISO date-time: "
                                f"{payload.get('created_at')!r}") from None
-    points = payload.get("operating_points")
+    for key in ("operating_points", "queue_buckets"):
+        _validate_points(version, key, payload.get(key))
+
+
+def _validate_points(version: str, key: str, points: Any) -> None:
+    """Refuse named thresholds per domain (``operating_points``, ``queue_buckets``) that are malformed."""
     if points is None:
         return
     if not isinstance(points, dict):
-        raise ModelBundleError(f"model card {version}: operating_points must be an object per domain")
+        raise ModelBundleError(f"model card {version}: {key} must be an object per domain")
     for domain, named in points.items():
         if not isinstance(named, dict):
-            raise ModelBundleError(f"model card {version}: operating_points.{domain} must be an object")
+            raise ModelBundleError(f"model card {version}: {key}.{domain} must be an object")
         for name, point in named.items():
             if not isinstance(point, dict) or "threshold" not in point:
-                raise ModelBundleError(f"model card {version}: operating_points.{domain}.{name} has no threshold")
-            check_threshold(point["threshold"], f"model card {version}: operating_points.{domain}.{name}.threshold")
+                raise ModelBundleError(f"model card {version}: {key}.{domain}.{name} has no threshold")
+            check_threshold(point["threshold"], f"model card {version}: {key}.{domain}.{name}.threshold")
 
 
 def bundle_fingerprint(directory: Path | str) -> str:

@@ -18,7 +18,7 @@ Stages, each safe to retry:
    set-based statements upsert the scores on (review, model version) with
    their text version, move the queue (queue new flags; re-score, expire or
    re-open rows whose model or text changed; each flag gets the priority
-   bucket its score reaches among the card's operating points), queue a
+   bucket its score reaches among the card's queue buckets), queue a
    small audit sample of unflagged reviews, append each transition to
    ``moderation_events``, and record the run. A score for a text that has
    changed since, or for a review deleted since, is left out.
@@ -586,7 +586,7 @@ def _move_queue(conn: Any, plan: RunPlan, now: datetime) -> dict[str, int]:
     * not queued, at or over the threshold: queued.
 
     Every flag written gets the priority bucket its score reaches among the
-    card's operating points. Returns how many rows each move touched.
+    card's queue buckets. Returns how many rows each move touched.
     """
     q = db.moderation_queue.c
     threshold = plan.model.threshold

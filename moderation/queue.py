@@ -1,7 +1,7 @@
 """The moderation queue: what the nightly job flagged, the moderators' decisions and the queue's history.
 
 What the nightly job flags lands in ``moderation_queue`` (kind ``flagged``,
-with a priority ``bucket`` from the model card's operating points), beside a
+with a priority ``bucket`` from the model card's queue buckets), beside a
 small random sample of unflagged reviews (kind ``audit``, bucket ``audit``)
 that keeps precision and recall estimates honest. Moderators work it in
 :data:`BUCKET_ORDER`, oldest first: they claim an item (a lease that simply
@@ -43,11 +43,11 @@ DECISION_LABEL = {"confirmed": 1, "dismissed": 0}
 REASONS: tuple[str, ...] = ("abuse", "spam", "off_topic", "false_claim", "not_negative", "other")
 #: 'flagged' by the model, or an 'audit' sample of the reviews it did not flag.
 KINDS = ("flagged", "audit")
-#: Priority buckets, most urgent first: the card's operating points a flag's score reached, then the
+#: Priority buckets, most urgent first: the card's queue buckets a flag's score reached, then the
 #: flags that reached none of them, then the audit sample.
 BUCKETS = ("very_likely", "likely", "maybe", "flagged", "audit")
 BUCKET_ORDER: dict[str, int] = {name: rank for rank, name in enumerate(BUCKETS)}
-#: The operating points that name a bucket, highest threshold expected first.
+#: The card's points that name a bucket (:func:`moderation.registry.bucket_thresholds`), highest threshold first.
 BUCKET_POINTS = ("very_likely", "likely", "maybe")
 DEFAULT_CLAIM_MINUTES = 10
 CLAIM_MINUTES_ENV = "MODERATION_CLAIM_MINUTES"
@@ -94,7 +94,7 @@ def claim_minutes_setting(env: Mapping[str, str] | None = None) -> int:
 
 
 def bucket_for(score: float, points: Mapping[str, float]) -> str:
-    """The bucket of a flag's score: the highest operating point it reaches, else 'flagged'."""
+    """The bucket of a flag's score: the highest bucket threshold it reaches, else 'flagged'."""
     for name in BUCKET_POINTS:
         if name in points and score >= points[name]:
             return name

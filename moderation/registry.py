@@ -34,8 +34,9 @@ class ModelChoice:
     threshold: float
     #: The card's named point the threshold is (``default``: the card's own); None: a raw threshold override.
     operating_point: str | None = None
-    #: Thresholds of the card's default-domain operating points (maybe, likely, very_likely): a flag's
-    #: priority bucket is the highest it reaches. Empty for a card without points.
+    #: Thresholds of the card's default-domain queue buckets (maybe, likely, very_likely; see
+    #: :func:`bucket_thresholds`): a flag's priority bucket is the highest it reaches. Empty for a card
+    #: without points.
     buckets: dict[str, float] = field(default_factory=dict, hash=False)
 
 
@@ -65,10 +66,19 @@ def active_model(engine: Engine, threshold: float | None = None, operating_point
 
 
 def bucket_thresholds(card: Any) -> dict[str, float]:
-    """The card's default-domain operating points that name a queue bucket, as name -> threshold."""
+    """The thresholds of the queue's priority buckets for this card's flags, as name -> threshold.
+
+    The card's default-domain ``queue_buckets`` (chosen by false-flag budgets,
+    which hold in any shop's mix of reviews) when it has them; else, for a card
+    made before them, its default-domain operating points of the same names
+    (chosen by precision on validation rows, which may all lie below the card's
+    threshold and then put every flag in ``very_likely``).
+    """
     from moderation.queue import BUCKET_POINTS
 
-    points = card.operating_points.get(card.default_domain or "", {}) if card.operating_points else {}
+    domain = card.default_domain or ""
+    points = (getattr(card, "queue_buckets", None) or {}).get(domain) \
+        or (card.operating_points or {}).get(domain, {})
     return {name: float(points[name]["threshold"]) for name in BUCKET_POINTS if name in points}
 
 

@@ -369,6 +369,8 @@ GRANT UPDATE (claimed_by, claim_expires_at, reason) ON moderation_queue TO moder
 
 GRANT SELECT ON moderator_accounts TO moderator;
 
+GRANT SELECT ON review_scores TO moderator;
+
 GRANT UPDATE (kind, bucket, claimed_by, claim_expires_at, reason) ON moderation_queue TO scorer;
 
 DROP POLICY moderation_queue_scorer_queues ON moderation_queue;

@@ -84,6 +84,11 @@ def test_warm_started_mixture_model_keeps_vocab_and_gets_per_domain_points(
     for domain, named in card.operating_points.items():
         for point in named.values():
             assert point["precision"] >= point["target_precision"]
+    assert set(card.queue_buckets) == {"movie", "steam", "shopping"}  # FPR-budget buckets per domain
+    for named in card.queue_buckets.values():
+        for point in named.values():
+            assert point["false_positive_rate"] <= point["max_false_positive_rate"] + 1e-9 or \
+                point["threshold"] == max(p["threshold"] for p in named.values())
     assert load_bundle(out).card.threshold == card.threshold
 
 

@@ -73,6 +73,65 @@ def test_a_precision_no_threshold_reaches_is_left_out() -> None:
     assert metrics.operating_points(np.array([1, 1]), np.array([0.4, 0.6])) == {}  # one class: no points
 
 
+def test_queue_buckets_are_the_lowest_thresholds_within_each_false_flag_budget() -> None:
+    # 100 good reviews scored 0.00..0.99 and 20 bad ones at 0.901..0.996: the top good ones are false flags
+    good = np.arange(100) / 100
+    bad = 0.901 + np.arange(20) * 0.005
+    labels = np.r_[np.zeros(100, int), np.ones(20, int)]
+    scores = np.r_[good, bad]
+    points = metrics.fpr_points(labels, scores)
+    assert list(points) == ["very_likely", "likely", "maybe"]
+    # 1 % of 100 good reviews allows the one at 0.99, so the bucket reaches down to the bad review just above 0.98
+    assert {name: p["threshold"] for name, p in points.items()} == {"very_likely": 0.981, "likely": 0.961,
+                                                                     "maybe": 0.941}
+    for name, point in points.items():
+        budget = metrics.QUEUE_BUCKET_FPR[name]
+        assert point["max_false_positive_rate"] == budget and point["false_positive_rate"] <= budget
+        assert point["recall"] == pytest.approx(float((bad >= point["threshold"]).mean()), abs=1e-5)
+    # the same rows with ten times the bad reviews: a different precision, the same buckets
+    many_bad = metrics.fpr_points(np.r_[labels, np.ones(180, int)], np.r_[scores, np.tile(bad, 9)])
+    assert {n: p["threshold"] for n, p in many_bad.items()} == {n: p["threshold"] for n, p in points.items()}
+    assert metrics.fpr_points(np.array([1, 1]), np.array([0.4, 0.6])) == {}  # one class: no buckets
+
+
+def test_bucket_shares_count_flags_per_bucket_as_the_rows_are_and_at_a_natural_mix() -> None:
+    labels = np.array([1, 1, 0, 1, 0, 0, 1, 0])
+    scores = np.array([0.95, 0.9, 0.85, 0.7, 0.65, 0.5, 0.3, 0.2])
+    rows = metrics.bucket_shares(labels, scores, 0.6, {"likely": 0.8, "very_likely": 0.9})
+    assert [(r["bucket"], r["flags"], r["share"], r["precision"]) for r in rows] == [
+        ("very_likely", 2, 0.4, 1.0), ("likely", 1, 0.2, 0.0), ("flagged", 2, 0.4, 0.5)]
+    mixed = metrics.bucket_shares(labels, scores, 0.6, {"likely": 0.8, "very_likely": 0.9}, negative_share=0.2)
+    # each bad row weighs 0.2/4, each good one 0.8/4: flagged = 3 bad (0.15) + 2 good (0.4)
+    assert [(r["bucket"], r["share"], r["precision"]) for r in mixed] == [
+        ("very_likely", round(0.1 / 0.55, 4), 1.0), ("likely", round(0.2 / 0.55, 4), 0.0),
+        ("flagged", round(0.25 / 0.55, 4), 0.2)]
+
+
+def test_registry_buckets_prefer_the_cards_queue_buckets(card_points: dict[str, Any]) -> None:
+    card = ModelCard(version="v", created_at="2026-11-01T00:00:00+00:00", cleaning_version="x", max_len=150,
+                     vocab_size=10, threshold=0.45, operating_points=card_points, default_domain="shopping")
+    from_points = {name: card_points["shopping"][name]["threshold"] for name in ("very_likely", "likely", "maybe")}
+    assert registry.bucket_thresholds(card) == from_points  # a card made before queue buckets
+    card.queue_buckets = {"shopping": {"very_likely": {"threshold": 0.97}, "likely": {"threshold": 0.9},
+                                       "maybe": {"threshold": 0.8}},
+                          "steam": {"very_likely": {"threshold": 0.99}}}
+    assert registry.bucket_thresholds(card) == {"very_likely": 0.97, "likely": 0.9, "maybe": 0.8}
+    assert card.operating_threshold("likely") == card_points["shopping"]["likely"]["threshold"]  # points unchanged
+
+
+def test_a_card_with_a_bad_queue_bucket_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from moderation.errors import ModelBundleError
+
+    out = tmp_path / "bad-buckets"
+    shutil.copytree(tiny_model_dir, out)
+    payload = json.loads((out / "card.json").read_text(encoding="utf-8"))
+    payload["queue_buckets"] = {"shopping": {"likely": {"threshold": 1.5}}}
+    with pytest.raises(ModelBundleError, match=r"queue_buckets\.shopping\.likely\.threshold"):
+        ModelCard.from_dict(payload)
+
+
 # ---------------------------------------------------------------- names on a card
 
 

@@ -136,6 +136,23 @@ def test_moderator_cannot_change_reviews_scores_or_delete(owner: Engine, login_a
         assert conn.execute(text("SELECT count(*) FROM moderation_queue")).scalar_one() == 2
 
 
+def test_moderator_reads_scores_for_the_drift_plot_but_never_writes_them(
+        owner: Engine, login_as: Callable[[str], Engine]) -> None:
+    from moderation.reporting import score_drift
+
+    moderator = login_as("moderator")
+    assert allowed(moderator, "SELECT count(*) FROM review_scores WHERE run_id = 'r1'")[0][0] == 3
+    drift = score_drift(moderator, ["r1"])
+    assert drift["error"] is None and sum(drift["latest"]) == 3 and drift["latest"][19] == 1  # 0.97 in the top bin
+    refused(moderator, "UPDATE review_scores SET score = 0.1 WHERE review_id = 1")
+    refused(moderator, "INSERT INTO review_scores (review_id, model_version, score, scored_at, run_id) "
+                       "VALUES (2, 'm2', 0.5, now(), 'r2')")
+    refused(moderator, "DELETE FROM review_scores")
+    with owner.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM review_scores")).scalar_one() == 3
+        assert conn.execute(text("SELECT score FROM review_scores WHERE review_id = 1")).scalar_one() == 0.97
+
+
 def test_scorer_writes_scores_and_flags_but_never_decides(owner: Engine, login_as: Callable[[str], Engine]) -> None:
     scorer = login_as("scorer")
     assert len(allowed(scorer, "SELECT review_id, text FROM reviews")) == 3

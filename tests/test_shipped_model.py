@@ -34,6 +34,19 @@ def test_the_card_is_for_shops() -> None:
     assert card.operating_threshold("shopping:likely") == card.operating_threshold("likely")
 
 
+def test_the_shipped_queue_buckets_rank_flags_above_the_default_threshold() -> None:
+    from moderation.registry import bucket_thresholds
+
+    card = verify_bundle(config.default_model_dir())
+    buckets = bucket_thresholds(card)
+    assert list(buckets) == ["very_likely", "likely", "maybe"]
+    assert buckets["very_likely"] > buckets["likely"] > buckets["maybe"] > card.threshold  # each separates flags
+    assert buckets == {name: point["threshold"] for name, point in card.queue_buckets["shopping"].items()}
+    for domain in ("movie", "steam", "shopping"):
+        for point in card.queue_buckets[domain].values():
+            assert point["false_positive_rate"] <= point["max_false_positive_rate"]
+
+
 def test_shop_reviews_get_shop_verdicts(shipped) -> None:  # type: ignore[no-untyped-def]
     from moderation.scoring import Scorer
 

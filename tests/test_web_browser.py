@@ -303,3 +303,5 @@ def test_on_postgresql_as_the_moderator_role_order_claims_and_stats(
     log_in(kim, pg_moderator_site["base"], "kim")
     kim.get(pg_moderator_site["base"] + "/stats")
     wait_for(kim, lambda s: len(css(s, "figure.plot svg")) == 4, "the four plots as the moderator role")
+    drift = css(kim, "#plot-drift")[0].get_attribute("innerHTML")
+    assert "not readable" not in drift and "latest run" in drift  # the role reads scores: a chart, not a note

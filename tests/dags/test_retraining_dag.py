@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from moderation import db
+from moderation import db, metrics, registry
 
 IMPORTED_AT = datetime(2024, 3, 3, tzinfo=timezone.utc)
 LABELLED_AT = datetime(2030, 1, 1, tzinfo=timezone.utc)  # after the active model was registered
@@ -163,6 +163,10 @@ def test_default_path_fine_tunes_the_active_model_and_chooses_shop_thresholds(
     assert card.training_data["unseen_characters"]["rows_with_unseen"] > 0
     # thresholds chosen on the shop's validation products, written before registration
     assert card.default_domain == "shop" and "shop" in card.operating_points
+    # and the queue's priority buckets, by false-flag budget, which publish will use for its flags
+    assert set(card.queue_buckets["shop"]) <= set(metrics.QUEUE_BUCKET_FPR) and card.queue_buckets["shop"]
+    assert registry.bucket_thresholds(card) == {name: point["threshold"]
+                                                for name, point in card.queue_buckets["shop"].items()}
     shop = card.metrics["per_domain"]["shop"]
     assert shop["validation_rows"] > 0 and shop["test_rows"] > 0
     assert card.metrics["calibration"]["max_false_positive_rate"] == defaults.max_false_positive_rate

@@ -15,6 +15,8 @@
 * ``scoring_runs.reviews_audited``: how many audit reviews a run queued.
 * ``moderator_accounts``: the web app's logins (scrypt hashes). ``moderator``
   may read it, never write it; the owner (the CLI) manages accounts.
+* ``moderator`` may read ``review_scores`` (the stats page's score drift),
+  never write it.
 
 Revision ID: 0011
 Revises: 0010
@@ -80,6 +82,8 @@ END"""
 PG_GRANTS = [
     "GRANT UPDATE (claimed_by, claim_expires_at, reason) ON moderation_queue TO moderator",
     "GRANT SELECT ON moderator_accounts TO moderator",
+    # The stats page's drift plot reads score histograms; scores stay written by the scorer only.
+    "GRANT SELECT ON review_scores TO moderator",
     # A re-score or re-open sets the bucket and kind, and clears a stale claim and reason.
     "GRANT UPDATE (kind, bucket, claimed_by, claim_expires_at, reason) ON moderation_queue TO scorer",
     "DROP POLICY moderation_queue_scorer_queues ON moderation_queue",
