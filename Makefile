@@ -9,7 +9,7 @@ GPU_VENV := .venv-gpu
 GPU_PY := $(GPU_VENV)/bin/python
 GPU_STAMP := $(GPU_VENV)/.installed
 
-.PHONY: install install-gpu demo test test-fast bench up down clean
+.PHONY: install install-gpu demo test test-fast bench bench-scheduler up down clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+
+## The nightly DAG under a real Airflow scheduler (LocalExecutor, PostgreSQL), 100k and 1M reviews: docs/bench_scheduler.json.
+bench-scheduler: $(STAMP)
+	$(PY) benchmarks/scheduler_night.py --reuse-db
 
 up:
 	docker compose up -d --build

@@ -10,7 +10,8 @@
 #                                               so a model promoted by retraining stays active)
 #   5. Airflow Connection reviews_db           (logs in as the scorer user: least privilege)
 #   6. the admin login of the API server       (from _AIRFLOW_ADMIN_USERNAME/_AIRFLOW_ADMIN_PASSWORD only)
-#   7. the scoring pool MODERATION_SCORING_POOL (when set; MODERATION_SCORING_POOL_SLOTS slots, default 1)
+#   7. the scoring pool MODERATION_SCORING_POOL (default moderation_scoring; MODERATION_SCORING_POOL_SLOTS
+#      slots, default 2, or 1 with MODERATION_SCORING_QUEUE: one GPU)
 set -euo pipefail
 
 SHIPPED_MODEL=/opt/moderation/models/ko-char-lstm-v3
@@ -58,8 +59,10 @@ esac
     || die "_AIRFLOW_ADMIN_USERNAME may only contain letters, digits and . _ -"
 # Routing of score_chunk (the gpu profile): a queue only Celery workers read, a pool created below.
 SCORING_QUEUE="${MODERATION_SCORING_QUEUE:-}"
-SCORING_POOL="${MODERATION_SCORING_POOL:-}"
-SCORING_POOL_SLOTS="${MODERATION_SCORING_POOL_SLOTS:-1}"
+SCORING_POOL="${MODERATION_SCORING_POOL:-moderation_scoring}"
+# How many chunks score at once: one per GPU worker (the gpu profile routes to a queue), else two.
+if [ -n "$SCORING_QUEUE" ]; then DEFAULT_POOL_SLOTS=1; else DEFAULT_POOL_SLOTS=2; fi
+SCORING_POOL_SLOTS="${MODERATION_SCORING_POOL_SLOTS:-$DEFAULT_POOL_SLOTS}"
 if [ -n "$SCORING_QUEUE" ]; then
     [[ "$SCORING_QUEUE" =~ ^[A-Za-z0-9._-]+$ ]] \
         || die "MODERATION_SCORING_QUEUE may only contain letters, digits and . _ -"

@@ -41,30 +41,88 @@ class ConnectionLike(Protocol):
     def extra_dejson(self) -> dict[str, Any]: ...
 
 
-def nightly_schedule() -> str:
-    """Cron of the nightly DAG: ``MODERATION_NIGHTLY_SCHEDULE`` or midnight UTC."""
-    return os.environ.get("MODERATION_NIGHTLY_SCHEDULE", "").strip() or DEFAULT_NIGHTLY_SCHEDULE
+#: ``MODERATION_NIGHTLY_SCHEDULE`` values that mean no schedule: runs come from triggers only.
+SCHEDULE_OFF = {"off", "none", "manual"}
+
+
+def nightly_schedule() -> str | None:
+    """Cron of the nightly DAG: ``MODERATION_NIGHTLY_SCHEDULE`` or midnight UTC; None for ``off``."""
+    value = os.environ.get("MODERATION_NIGHTLY_SCHEDULE", "").strip() or DEFAULT_NIGHTLY_SCHEDULE
+    return None if value.lower() in SCHEDULE_OFF else value
+
+
+def nightly_timetable() -> Any:
+    """The nightly DAG's ``schedule=``: a cron trigger over the 24 hours before it, or None (triggers only)."""
+    from airflow.sdk import CronTriggerTimetable
+
+    cron = nightly_schedule()
+    return None if cron is None else CronTriggerTimetable(cron, timezone="UTC", interval=NIGHTLY_INTERVAL)
 
 
 SCORING_QUEUE_ENV = "MODERATION_SCORING_QUEUE"
 SCORING_POOL_ENV = "MODERATION_SCORING_POOL"
+#: The Airflow pool of ``score_chunk`` unless ``MODERATION_SCORING_POOL`` names another.
+DEFAULT_SCORING_POOL = "moderation_scoring"
 
 
 def scoring_task_routing() -> dict[str, str]:
     """``queue=``/``pool=`` of ``score_chunk`` from the environment, read when the DAG file is parsed.
 
-    ``MODERATION_SCORING_QUEUE`` sends the scoring tasks to the Celery workers
-    of that queue (the GPU worker of the compose profile ``gpu``);
-    ``MODERATION_SCORING_POOL`` puts them in that Airflow pool, which
-    ``airflow-init`` creates with one slot, so two runs or a backfill take
-    turns on one GPU. Unset: Airflow's default queue and pool.
+    The pool is :data:`DEFAULT_SCORING_POOL` unless ``MODERATION_SCORING_POOL``
+    names another: its slots are how many chunks score at once, across runs
+    and backfills, and an operator changes them at run time (``airflow pools
+    set``), with no redeploy. ``airflow-init`` creates it. With one slot on a
+    GPU worker, two runs take turns on one GPU. ``MODERATION_SCORING_QUEUE``
+    sends the scoring tasks to the Celery workers of that queue (the GPU
+    worker of the compose profile ``gpu``); unset: Airflow's default queue.
     """
-    routing = {}
-    for key, name in (("queue", SCORING_QUEUE_ENV), ("pool", SCORING_POOL_ENV)):
-        value = os.environ.get(name, "").strip()
-        if value:
-            routing[key] = value
+    routing = {"pool": os.environ.get(SCORING_POOL_ENV, "").strip() or DEFAULT_SCORING_POOL}
+    queue = os.environ.get(SCORING_QUEUE_ENV, "").strip()
+    if queue:
+        routing["queue"] = queue
     return routing
+
+
+#: Where chunk files go: a folder or an object-store URL every worker reaches.
+RUNS_URL_ENV = "MODERATION_RUNS_URL"
+
+
+def runs_url() -> str:
+    """``MODERATION_RUNS_URL``, else the folder ``runs`` under ``MODERATION_HOME`` (:func:`config.data_dir`).
+
+    A URL such as ``s3://aws_default@bucket/runs`` names the Airflow Connection
+    that holds its credentials (``gs://``, ``abfs://``... with their providers);
+    Celery workers on different hosts then see each other's chunk files, which
+    a local folder does not give them.
+    """
+    from moderation import config
+
+    return os.environ.get(RUNS_URL_ENV, "").strip() or str(config.data_dir() / "runs")
+
+
+def runs_path(location: str) -> Any:
+    """A path object for a runs URL or a chunk file's location (as chunk results carry it).
+
+    A folder or ``file://`` URL gives a :class:`pathlib.Path` (chunk files
+    written beside their name and renamed into place); any other URL an
+    Airflow ``ObjectStoragePath`` on the filesystem its scheme names.
+    """
+    from pathlib import Path
+
+    if "://" not in location:
+        return Path(location)
+    if location.startswith("file://"):
+        return Path(location[len("file://"):])
+    from airflow.sdk import ObjectStoragePath
+
+    return ObjectStoragePath(location)
+
+
+def run_folder(run_id: str) -> Any:
+    """The folder of one run's chunk files under :func:`runs_url`, the run id made safe for a path."""
+    from moderation.pipeline import safe_run_name
+
+    return runs_path(runs_url()) / safe_run_name(run_id)
 
 
 def env_flag(name: str, default: bool) -> bool:
@@ -171,3 +229,61 @@ def chunk_results(results: Any) -> list[dict[str, Any]]:
     # probes one index past the end and logs a spurious "XCom not found".
     items = results[:] if hasattr(results, "__getitem__") else list(results)
     return [r for r in items if r is not None]
+
+
+#: Prefix of the one log line :class:`TaskPhases` writes (``benchmarks/scheduler_night.py`` reads it).
+TASK_PHASES_MARK = "task phases "
+
+
+class TaskPhases:
+    """Where one task process's time went: start-up, then the phases the task marks.
+
+    A scheduler starts a process per task, and that start-up (fork, DAG file
+    parse, Task SDK) and the imports are part of the night's wall time, yet
+    invisible to the task's own timing. Create this first thing in the task
+    body, :meth:`mark` the end of each phase, :meth:`log` at the end: one
+    ``task phases {json}`` line in the task log with the process's creation
+    time, the phases in seconds and the peak resident memory so far.
+    """
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.time
+        self.body_started = self._clock()
+        self._last = self.body_started
+        self.phases: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        """End ``phase`` now (seconds since the previous mark, or since the body started)."""
+        now = self._clock()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - self._last, 3)
+        self._last = now
+
+    def record(self, **extra: Any) -> dict[str, Any]:
+        """The phases with the task's identity, the process's start and its peak memory."""
+        import psutil  # an Airflow dependency: always there inside a task
+
+        from airflow.sdk import get_current_context
+
+        ti = get_current_context()["ti"]
+        return {"task": ti.task_id, "map_index": getattr(ti, "map_index", -1),
+                "process_started": psutil.Process().create_time(), "body_started": self.body_started,
+                "body_ended": self._clock(), "phases": self.phases, "peak_rss_mb": peak_rss_mb(), **extra}
+
+    def log(self, **extra: Any) -> None:
+        import logging
+
+        logging.getLogger("moderation.task").info("%s%s", TASK_PHASES_MARK, json.dumps(self.record(**extra)))
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM), in MiB; None where /proc is not there."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None

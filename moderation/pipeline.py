@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -114,10 +116,14 @@ class RunPlan:
         return asdict(self)
 
 
+def safe_run_name(run_id: str) -> str:
+    """A run id as one path segment (Airflow's run ids hold ``:`` and ``+``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+
+
 def run_dir(run_id: str, base: Path | None = None) -> Path:
     """Folder for one run's chunk files; the run id made safe for a path."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
-    return (base or config.data_dir() / "runs") / safe
+    return (base or config.data_dir() / "runs") / safe_run_name(run_id)
 
 
 def _engine(db_url: str | None) -> Engine:
@@ -143,21 +149,25 @@ def needs_score(model_version: str) -> Any:
 
 
 def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
-             chunk_size: int = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
-             max_reviews: int = MAX_REVIEWS_PER_RUN, operating_point: str | None = None) -> RunPlan:
+             chunk_size: int | None = DEFAULT_CHUNK_SIZE, threshold: float | None = None,
+             max_reviews: int = MAX_REVIEWS_PER_RUN, operating_point: str | None = None,
+             scoring_slots: int = 1) -> RunPlan:
     """Choose the model and cut the reviews needing a score into review-id chunks of ~``chunk_size`` rows.
 
     ``[start, end)`` labels the run; the work is every review lacking a score
     for the active model and its current text, the first ``max_reviews`` of
     them by review id when there are more. ``threshold`` or ``operating_point``
     (not both) choose the threshold, as in :func:`active_model`.
+    ``chunk_size=None`` sizes the chunks from the backlog and the
+    ``scoring_slots`` that score them at once (:func:`auto_chunk_size`).
     """
     start, end = utc(start), utc(end)
     check_one_threshold_choice(threshold, operating_point)
     if end <= start:
         raise ValueError(f"interval end {end} is not after its start {start}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InputDataError(f"chunk size must be a whole number of at least 1, not {chunk_size!r}")
+    if chunk_size is not None:
+        _require_count(chunk_size, "chunk size")
+    _require_count(scoring_slots, "scoring slots")
     engine = _engine(db_url)
     migrations.require_head(engine)  # never score into a schema the code does not know
     with db.translate_errors(engine), engine.connect() as conn:
@@ -171,6 +181,8 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
     )
     with db.translate_errors(engine), engine.connect() as conn:
         backlog = conn.execute(select(func.count()).select_from(db.reviews).where(needed)).scalar_one()
+        if chunk_size is None:
+            chunk_size = auto_chunk_size(min(int(backlog), max_reviews), scoring_slots)
         bounds = conn.execute(
             select(numbered.c.review_id).where((numbered.c.n - 1) % chunk_size == 0, numbered.c.n <= max_reviews)
             .order_by(numbered.c.review_id)
@@ -200,12 +212,41 @@ def plan_run(db_url: str | None, run_id: str, start: datetime, end: datetime,
                    model=model, chunks=chunks, reviews=total, ingested=int(ingested))
 
 
-def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_dir: Path,
+def _require_count(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputDataError(f"{name} must be a whole number of at least 1, not {value!r}")
+
+
+#: Most rows ``auto_chunk_size`` puts in one chunk: bounds a scoring task's memory
+#: (one chunk's texts, scores and Parquet table are held at once).
+MAX_AUTO_CHUNK_ROWS = 500_000
+
+
+def auto_chunk_size(reviews: int, scoring_slots: int, max_rows: int = MAX_AUTO_CHUNK_ROWS) -> int:
+    """Rows per chunk so that a night is as few chunks as its scoring slots, none over ``max_rows``.
+
+    Under a scheduler every chunk is a task process that pays a fixed start-up
+    (process, imports, model load: seconds, not milliseconds) before it scores
+    anything, so the fewest chunks that still keep every slot busy are fastest:
+    one per slot, or a multiple of the slots when a chunk would grow past
+    ``max_rows``. The chunks of one night then finish together.
+    """
+    if reviews <= 0:
+        return max_rows
+    chunks = scoring_slots * math.ceil(reviews / (scoring_slots * max_rows))
+    return max(1, math.ceil(reviews / chunks))
+
+
+def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_dir: Any,
                 scorer: Any | None = None) -> dict[str, Any]:
-    """Score one chunk into ``out_dir/chunk-<index>.parquet``; returns its path and counts."""
+    """Score one chunk into ``out_dir/chunk-<index>.parquet``; returns its path and counts.
+
+    ``out_dir`` is a local :class:`~pathlib.Path` or an object-store path
+    (Airflow's ``ObjectStoragePath``); the result's ``path`` is its string,
+    a URL for the latter, which :func:`publish` turns back into a path.
+    """
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from moderation.scoring import load_scorer
 
@@ -238,9 +279,7 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"chunk-{chunk['index']:05d}.parquet"
-    partial = path.with_suffix(".parquet.partial")
-    pq.write_table(table, partial)
-    partial.replace(path)
+    _write_whole(table, path)
     skipped = result.skip_reason.value_counts().to_dict()
     counts = {"path": str(path), "index": chunk["index"], "rows": len(frame),
               "scored": int(len(frame) - sum(skipped.values())), "skipped": {str(k): int(v) for k, v in skipped.items()},
@@ -248,6 +287,24 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
     log.info("chunk %d: %d reviews, %d scored, skipped %s, %.1fs", chunk["index"], counts["rows"],
              counts["scored"], counts["skipped"] or "none", counts["seconds"])
     return counts
+
+
+def _write_whole(table: Any, path: Any) -> None:
+    """Write a Parquet file that readers see whole or not at all: a retry overwrites, never appends.
+
+    A local file is written beside its name and renamed; an object store
+    makes an object visible only once its upload completes, so it is
+    written in place (a rename there would be a copy).
+    """
+    import pyarrow.parquet as pq
+
+    if isinstance(path, Path):
+        partial = path.with_suffix(".parquet.partial")
+        pq.write_table(table, partial)
+        partial.replace(path)
+        return
+    with path.open("wb") as sink:
+        pq.write_table(table, sink)
 
 
 def audit_sample_setting(env: dict[str, str] | None = None) -> int:
@@ -269,13 +326,16 @@ def check_audit_sample(size: int) -> int:
 
 
 def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: list[dict[str, Any]],
-            remove_chunks: bool = False, audit_sample: int = 0) -> dict[str, Any]:
+            remove_chunks: bool = False, audit_sample: int = 0,
+            locate: Callable[[str], Any] = Path) -> dict[str, Any]:
     """Write the run's scores, queue changes, their events and the run record in one transaction.
 
     ``remove_chunks``: delete the chunk files once that transaction has
     committed (a failed publish keeps them for its retry). ``audit_sample``:
     how many of the run's unflagged scored reviews to queue as kind
-    ``audit`` (see :func:`_queue_audit_sample`).
+    ``audit`` (see :func:`_queue_audit_sample`). ``locate`` turns a chunk
+    result's ``path`` into a path object (``ObjectStoragePath`` for chunk
+    files in an object store).
     """
     audit_sample = check_audit_sample(audit_sample)
     plan = _as_plan(plan)
@@ -303,7 +363,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
             conn.execute(db.scoring_runs.delete().where(db.scoring_runs.c.run_id == plan.run_id))
         _create_staging(conn)
         for result in sorted(chunk_results, key=lambda r: r["index"]):
-            chunk = _read_chunk(plan, Path(result["path"]))
+            chunk = _read_chunk(plan, locate(result["path"]))
             read += chunk.num_rows
             for start in range(0, chunk.num_rows, PUBLISH_BATCH):
                 counts = _stage_scores(conn, chunk.slice(start, PUBLISH_BATCH), model.threshold)
@@ -327,7 +387,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
         recent = _recent_flag_rates(conn, plan.run_id)
     engine.dispose()
     if remove_chunks:
-        _remove_chunk_files(chunk_results)
+        _remove_chunk_files([locate(result["path"]) for result in chunk_results])
     summary = {
         "run_id": plan.run_id, "interval_start": plan.interval_start, "interval_end": plan.interval_end,
         "model_version": model.version, "threshold": model.threshold, "operating_point": model.operating_point,
@@ -398,34 +458,35 @@ def _as_plan(plan: RunPlan | dict[str, Any]) -> RunPlan:
     return RunPlan(**values)
 
 
-def _read_chunk(plan: RunPlan, path: Path) -> Any:
-    """A chunk file as an Arrow table of review_id, score, skip_reason."""
+def _read_chunk(plan: RunPlan, path: Any) -> Any:
+    """A chunk file (local or object-store path) as an Arrow table of review_id, score, skip_reason."""
     import pyarrow.parquet as pq
 
     if not path.is_file():
         raise DatabaseError(f"run {plan.run_id}: chunk file is missing: {path}")
     import pyarrow as pa
 
-    table = pq.read_table(path)
+    with path.open("rb") as source:
+        table = pq.read_table(source)
     if "text_version" not in table.column_names:  # written by an earlier release: the current text is assumed
         table = table.append_column("text_version", pa.nulls(table.num_rows, pa.int64()))
     return table.select(["review_id", "score", "skip_reason", "text_version"])
 
 
-def _remove_chunk_files(chunk_results: list[dict[str, Any]]) -> None:
-    """Delete a published run's chunk files, and their folder once it is empty."""
-    folders = set()
-    for result in chunk_results:
-        path = Path(result["path"])
+def _remove_chunk_files(paths: list[Any]) -> None:
+    """Delete a published run's chunk files, and their folder once it is empty (local or object store)."""
+    folders = {}
+    for path in paths:
         path.unlink(missing_ok=True)
-        folders.add(path.parent)
-    for folder in folders:
-        for leftover in folder.glob("chunk-*.parquet.partial"):  # a killed attempt's, replaced by its retry
-            leftover.unlink(missing_ok=True)
+        folders[str(path.parent)] = path.parent
+    for folder in folders.values():
         try:
-            folder.rmdir()
-        except OSError:
-            pass  # not empty (another run's files) or already gone
+            for leftover in folder.glob("chunk-*.parquet.partial"):  # a killed attempt's, replaced by its retry
+                leftover.unlink(missing_ok=True)
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        except (OSError, NotImplementedError):
+            pass  # already gone, or a store without folders
 
 
 def _create_staging(conn: Any) -> None:

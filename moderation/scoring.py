@@ -254,6 +254,15 @@ def configure_inference_threads(workers: int | None = None) -> bool:
     return True
 
 
+def import_backend() -> None:
+    """Import Keras and its backend now: TensorFlow's import is seconds, a fixed cost of every scoring process.
+
+    Called first by a scoring task, so that its log tells import time and
+    model load time apart; :func:`load_scorer` imports it anyway.
+    """
+    import keras  # noqa: F401
+
+
 def load_scorer(model_dir: str | os.PathLike[str], threshold: float | None = None,
                 batch_size: int | None = None, workers: int | None = None) -> Scorer:
     """A Scorer for a model directory on this process's plan, its threading set before the model loads."""

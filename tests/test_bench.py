@@ -94,3 +94,26 @@ def test_equal_time_rows_say_when_the_faster_recipe_had_finished() -> None:
     rows = bench.equal_time_comparison(bucketed, fixed)
     assert [(r["bucketed_epochs"], r["bucketed_val_auc"], r["bucketed_still_training"]) for r in rows] == [
         (0, None, True), (2, 0.85, True), (3, 0.86, False)]
+
+
+def test_scheduler_benchmark_reads_the_phases_each_task_logs(tmp_path: Path) -> None:
+    """The ``task phases`` line as Airflow's structured task log holds it, read back per (task, map index)."""
+    import scheduler_night
+
+    record = {"task": "score_chunk", "map_index": 1, "process_started": 100.0, "body_started": 101.5,
+              "body_ended": 140.0, "phases": {"imports": 6.5, "model_load": 0.3, "work": 31.7},
+              "peak_rss_mb": 1800.0, "rows": 500_000}
+    log = (tmp_path / "logs" / "dag_id=review_moderation_nightly" / "run_id=night_1" / "task_id=score_chunk"
+           / "map_index=1" / "attempt=1.log")
+    log.parent.mkdir(parents=True)
+    log.write_text("\n".join([
+        json.dumps({"event": "Task started", "level": "info"}),
+        json.dumps({"event": scheduler_night.PHASES_MARK + json.dumps(record), "level": "info"}),
+    ]) + "\n", encoding="utf-8")
+    other_run = tmp_path / "logs" / "dag_id=review_moderation_nightly" / "run_id=night_2" / "task_id=plan"
+    other_run.mkdir(parents=True)
+    (other_run / "attempt=1.log").write_text(json.dumps({"event": scheduler_night.PHASES_MARK + json.dumps(
+        {**record, "task": "plan", "map_index": -1})}) + "\n", encoding="utf-8")
+
+    assert scheduler_night.task_phases(tmp_path, "night_1") == {("score_chunk", 1): record}
+

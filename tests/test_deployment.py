@@ -294,7 +294,7 @@ def test_the_gpu_worker_reserves_an_nvidia_gpu_and_takes_only_the_scoring_queue(
         service_env = environment(services[name])
         assert service_env[SCORING_QUEUE_ENV] == f"${{{SCORING_QUEUE_ENV}:-}}", name
         assert service_env[SCORING_POOL_ENV] == f"${{{SCORING_POOL_ENV}:-}}", name
-    assert environment(services["airflow-init"])["MODERATION_SCORING_POOL_SLOTS"] == "${MODERATION_SCORING_POOL_SLOTS:-1}"
+    assert environment(services["airflow-init"])["MODERATION_SCORING_POOL_SLOTS"] == "${MODERATION_SCORING_POOL_SLOTS:-}"
     for name in AIRFLOW_SERVICES - {GPU_WORKER}:
         assert "deploy" not in services[name] and "TF_FORCE_GPU_ALLOW_GROWTH" not in environment(services[name])
     assert services[GPU_WORKER]["healthcheck"]["test"] == services["airflow-worker"]["healthcheck"]["test"]
@@ -637,7 +637,9 @@ def test_init_script_accepts_the_gpu_profile_settings_and_creates_the_pool() -> 
     # (it stops at the Celery provider check: PATH has no python either)
     text = INIT_SCRIPT.read_text(encoding="utf-8")
     assert 'airflow pools set "$SCORING_POOL" "$SCORING_POOL_SLOTS"' in text
-    assert 'SCORING_POOL_SLOTS="${MODERATION_SCORING_POOL_SLOTS:-1}"' in text
+    assert 'SCORING_POOL_SLOTS="${MODERATION_SCORING_POOL_SLOTS:-$DEFAULT_POOL_SLOTS}"' in text
+    assert 'if [ -n "$SCORING_QUEUE" ]; then DEFAULT_POOL_SLOTS=1; else DEFAULT_POOL_SLOTS=2; fi' in text
+    assert 'SCORING_POOL="${MODERATION_SCORING_POOL:-moderation_scoring}"' in text  # always created
 
 
 @pytest.mark.postgres

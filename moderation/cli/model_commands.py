@@ -13,7 +13,6 @@ from moderation import config
 from moderation.cli.options import (db_option, input_file, int_at_least, output_file, positive_float,
                                     progress_option, threshold_choice)
 from moderation.errors import InputDataError, ModelBundleError
-from moderation.model import strict_json_value
 from moderation.progress import progress, wanted
 
 
@@ -93,6 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.init_from is not None:
         _model_dir(args.init_from)  # a missing or broken model is refused before the data is read
     _check_training_data(args.data, args.seed)
+    from moderation.model import strict_json_value
     from moderation.training import TrainingConfig, train_from_file
 
     show = wanted(args.progress)

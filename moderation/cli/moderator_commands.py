@@ -19,11 +19,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wcwidth
-from sqlalchemy import Engine
 from tabulate import tabulate
+
+if TYPE_CHECKING:  # the CLI builds every parser at start-up: SQLAlchemy loads only for the commands using it
+    from sqlalchemy import Engine
 
 from moderation.errors import InputDataError
 from moderation.cli.options import db_option, input_file, int_at_least, output_file, parse_time, score

@@ -106,14 +106,19 @@ def test_nightly_dag_shape(dag_bag: Any) -> None:
     assert dag.task_dict["publish"].trigger_rule == "none_failed"  # runs when zero chunks skip scoring
     assert dag.task_dict["plan"].retry_exponential_backoff
     assert dag.params["threshold"] is None
-    assert dag.params["chunk_size"] == 50_000
+    assert dag.params["chunk_size"] is None  # sized by plan from the backlog and the scoring slots
+    assert dag.params["scoring_slots"] == 2
+    assert dag.task_dict["score_chunk"].pool == "moderation_scoring"
+    assert dag.task_dict["score_chunk"].max_active_tis_per_dagrun is None  # the pool's slots limit it
 
 
-def test_dag_defaults_match_the_pipeline(dag_bag: Any) -> None:
-    """The DAG copies the default chunk size (importing the pipeline at parse time is not allowed)."""
-    from moderation import pipeline
+def test_schedule_off_leaves_runs_to_triggers(monkeypatch: pytest.MonkeyPatch, airflow_home: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
 
-    assert dag_bag.dags["review_moderation_nightly"].params["chunk_size"] == pipeline.DEFAULT_CHUNK_SIZE
+    monkeypatch.setenv("MODERATION_NIGHTLY_SCHEDULE", "off")
+    dag = DagBag(dag_folder=str(DAGS_FOLDER)).dags["review_moderation_nightly"]
+    assert type(dag.timetable).__name__ == "NullTimetable"
+    assert not dag.timetable.can_be_scheduled
 
 
 def test_reviews_db_url_prefers_the_connection(airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,6 +134,7 @@ def test_reviews_db_url_prefers_the_connection(airflow_db: Path, monkeypatch: py
 @pytest.mark.parametrize(("name", "value", "ok"), [
     ("threshold", None, True), ("threshold", 0.7, True), ("threshold", 1.5, False), ("threshold", -0.1, False),
     ("threshold", "high", False), ("chunk_size", 1_000, True), ("chunk_size", 5, False), ("chunk_size", 2.5, False),
+    ("chunk_size", None, True), ("scoring_slots", 4, True), ("scoring_slots", 0, False),
     ("audit_sample", None, True), ("audit_sample", 0, True), ("audit_sample", 50, True), ("audit_sample", -1, False),
     ("audit_sample", 20_000, False), ("audit_sample", 2.5, False),
 ])
@@ -190,13 +196,13 @@ def test_scoring_queue_and_pool_come_from_the_environment(monkeypatch: pytest.Mo
     monkeypatch.delenv("MODERATION_SCORING_POOL", raising=False)
     dag = DagBag(dag_folder=str(DAGS_FOLDER)).dags["review_moderation_nightly"]
     default_queue, default_pool = dag.task_dict["score_chunk"].queue, dag.task_dict["score_chunk"].pool
-    assert default_pool == "default_pool"
+    assert default_pool == "moderation_scoring"
     monkeypatch.setenv("MODERATION_SCORING_QUEUE", "gpu")
     monkeypatch.setenv("MODERATION_SCORING_POOL", "gpu_scoring")
     dag = DagBag(dag_folder=str(DAGS_FOLDER)).dags["review_moderation_nightly"]
     assert (dag.task_dict["score_chunk"].queue, dag.task_dict["score_chunk"].pool) == ("gpu", "gpu_scoring")
     for other in ("plan", "list_chunks", "publish"):  # only the scoring goes to the GPU worker
-        assert (dag.task_dict[other].queue, dag.task_dict[other].pool) == (default_queue, default_pool)
+        assert (dag.task_dict[other].queue, dag.task_dict[other].pool) == (default_queue, "default_pool")
 
 
 class _Conn:

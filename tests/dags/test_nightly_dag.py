@@ -286,3 +286,33 @@ def test_audit_sample_param_is_seeded_by_the_run_and_never_replaces_a_decision(
     assert (again[decided]["status"], again[decided]["decided_by"], again[decided]["reason"]) == (
         "dismissed", "moderator-kim", "not_negative")
     assert rows(sqlite_url, db.scoring_runs)[0]["reviews_audited"] == 12
+
+
+def test_nightly_run_without_a_chunk_size_keeps_its_files_in_an_object_store(
+    any_db_url: str, sample_path: Path, tiny_model_dir: Path, nightly_dag: Any, dag_runner: Any,
+    reviews_connection: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The default night: one chunk per scoring slot, chunk files behind ``MODERATION_RUNS_URL``.
+
+    fsspec's in-memory filesystem stands in for a bucket that no worker has
+    on its disk; after the publish it holds nothing of the run.
+    """
+    from airflow.sdk.io import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    store = MemoryFileSystem()
+    store.store.clear()
+    attach("memory", fs=store)
+    monkeypatch.setenv("MODERATION_RUNS_URL", "memory:///moderation-runs")
+    monkeypatch.setenv("MODERATION_HOME", str(tmp_path / "home"))
+    load_reviews(any_db_url, sample_path)
+    reviews_connection(any_db_url)
+
+    state, tasks = dag_runner(nightly_dag, LOGICAL_DATE, {"scoring_slots": 2})
+
+    assert state == "success", tasks
+    assert tasks == {"plan": "success", "list_chunks": "success", "publish": "success",
+                     "score_chunk[0]": "success", "score_chunk[1]": "success"}
+    assert_published(any_db_url, model_threshold(tiny_model_dir))
+    assert store.find("/moderation-runs") == []
+    assert not (tmp_path / "home" / "runs").exists()  # nothing went to the local disk
