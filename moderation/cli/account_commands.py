@@ -12,6 +12,8 @@ import argparse
 import getpass
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from moderation.cli.options import db_option
 from moderation.errors import AccountError
@@ -67,26 +69,24 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def _add(args: argparse.Namespace) -> int:
     from moderation.accounts import add_account
 
-    password = read_password(args.password_stdin)
-    engine = _engine(args)
-    try:
-        add_account(engine, args.name, password)
-    finally:
-        engine.dispose()
-    print(f"account {args.name.strip()} created")
-    return 0
+    return _write_password(args, add_account, "account {name} created")
 
 
 def _set_password(args: argparse.Namespace) -> int:
     from moderation.accounts import set_password
 
+    return _write_password(args, set_password, "account {name}: password changed")
+
+
+def _write_password(args: argparse.Namespace, write: Callable[[Any, str, str], Any], done: str) -> int:
+    """Read the password (stdin or prompt) before connecting, so a refused password touches no database."""
     password = read_password(args.password_stdin)
     engine = _engine(args)
     try:
-        set_password(engine, args.name, password)
+        write(engine, args.name, password)
     finally:
         engine.dispose()
-    print(f"account {args.name.strip()}: password changed")
+    print(done.format(name=args.name.strip()))
     return 0
 
 
