@@ -6,7 +6,7 @@ Tooling of the checkout, not part of the installed package. It builds a fresh
 SQLite database in a temporary folder: shop reviews (scripts/shop_reviews.py)
 spread over the last eight nights, each night scored by the real nightly job
 (``pipeline.run_nightly``, as ``moderation score`` runs it, with the shipped
-model at its shop point ``likely`` and an audit sample of 25 a night);
+model at its card's default threshold and an audit sample of 25 a night);
 then a few moderators decide part of the older nights, so the stats have
 something to show. The page is served by uvicorn and photographed by the
 distribution's headless Chromium through Selenium.
@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 NIGHTS = 8
 REVIEWS = 2400
 SEED = 13
-#: The card's shop point the demo flags at: its default threshold sits above every shopping point, so
-#: flags at the default would all fall in one bucket.
-OPERATING_POINT = "likely"
+#: The threshold the demo flags at: the card's own, as a scheduled night does (its queue buckets all lie above it).
+OPERATING_POINT = "default"
 #: Unflagged reviews each night queues as audit samples (the stats page's recall).
 AUDIT_SAMPLE = 25
 MODERATORS = {"kim": "kim-demo-password", "lee": "lee-demo-password", "park": "park-demo-password"}
