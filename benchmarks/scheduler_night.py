@@ -201,13 +201,14 @@ def _review_count(url: str) -> int:
 
 
 def empty_scoring_tables(url: str) -> None:
-    """Every review unscored again, the statistics fresh, as before the first run."""
+    """Every review unscored again, the statistics fresh, as before the first run (schema upgraded to this code's)."""
     from sqlalchemy import text
 
-    from moderation import db
+    from moderation import db, migrations
 
     engine = db.make_engine(url)
     try:
+        migrations.upgrade(engine)  # a database kept by an earlier release's run
         with engine.begin() as conn:
             conn.execute(text(f"TRUNCATE {', '.join(SCORING_TABLES)}"))
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
