@@ -89,9 +89,12 @@ def site(sqlite_url: str, pointed_model_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 def wait_for(session: Any, condition: Callable[[Any], Any], what: str) -> Any:
+    """Poll ``condition``; elements read while the page is being replaced (stale) mean "not yet"."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(session, WAIT_SECONDS).until(condition, message=f"waited for {what}")
+    return WebDriverWait(session, WAIT_SECONDS, ignored_exceptions=(StaleElementReferenceException,)).until(
+        condition, message=f"waited for {what}")
 
 
 def css(session: Any, selector: str) -> list[Any]:
