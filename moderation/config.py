@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 #: The installed package's own folder.
@@ -91,3 +92,23 @@ def default_db_url() -> str:
     if url:
         return url
     return f"sqlite:///{data_dir() / 'reviews.db'}"
+
+
+def int_setting(name: str, default: int, low: int, high: int, what: str = "a whole number",
+                env: Mapping[str, str] | None = None) -> int:
+    """An integer setting from the environment (``env`` in tests), ``default`` when unset or empty.
+
+    A value that is not a whole number from ``low`` to ``high`` is a SettingError naming the variable.
+    """
+    from moderation.errors import SettingError
+
+    configured = (os.environ if env is None else env).get(name, "").strip()
+    if not configured:
+        return default
+    try:
+        value = int(configured)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise SettingError(f"{name} must be {what} from {low} to {high}, got {configured!r}")
+    return value

@@ -65,7 +65,7 @@ from sqlalchemy import (
 )
 
 from moderation import config, db, migrations
-from moderation.errors import DatabaseError, InputDataError, SettingError
+from moderation.errors import DatabaseError, InputDataError
 from moderation.model import check_one_threshold_choice
 from moderation.queue import bucket_expression
 from moderation.registry import ModelChoice, active_model
@@ -309,14 +309,7 @@ def _write_whole(table: Any, path: Any) -> None:
 
 def audit_sample_setting(env: dict[str, str] | None = None) -> int:
     """``MODERATION_AUDIT_SAMPLE`` (0 turns sampling off), else :data:`DEFAULT_AUDIT_SAMPLE`."""
-    configured = (os.environ if env is None else env).get(AUDIT_SAMPLE_ENV, "").strip()
-    if not configured:
-        return DEFAULT_AUDIT_SAMPLE
-    try:
-        return check_audit_sample(int(configured))
-    except (ValueError, InputDataError):
-        raise SettingError(f"{AUDIT_SAMPLE_ENV} must be a whole number from 0 to {MAX_AUDIT_SAMPLE}, "
-                           f"got {configured!r}") from None
+    return config.int_setting(AUDIT_SAMPLE_ENV, DEFAULT_AUDIT_SAMPLE, 0, MAX_AUDIT_SAMPLE, env=env)
 
 
 def check_audit_sample(size: int) -> int:

@@ -28,8 +28,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, func, literal, select
 
-from moderation import db
-from moderation.errors import ClaimError, DecisionError, InputDataError, SettingError, name_ids
+from moderation import config, db
+from moderation.errors import ClaimError, DecisionError, InputDataError, name_ids
 from moderation.labels import upsert_labels
 from moderation.timeutil import utc, utc_now, utc_or_none
 
@@ -83,14 +83,8 @@ class QueueFilter:
 
 def claim_minutes_setting(env: Mapping[str, str] | None = None) -> int:
     """``MODERATION_CLAIM_MINUTES``, else :data:`DEFAULT_CLAIM_MINUTES`."""
-    configured = (os.environ if env is None else env).get(CLAIM_MINUTES_ENV, "").strip()
-    if not configured:
-        return DEFAULT_CLAIM_MINUTES
-    try:
-        return _check_minutes(int(configured))
-    except (ValueError, ClaimError):
-        raise SettingError(f"{CLAIM_MINUTES_ENV} must be a whole number of minutes from 1 to "
-                           f"{MAX_CLAIM_MINUTES}, got {configured!r}") from None
+    return config.int_setting(CLAIM_MINUTES_ENV, DEFAULT_CLAIM_MINUTES, 1, MAX_CLAIM_MINUTES,
+                              what="a whole number of minutes", env=env)
 
 
 def bucket_for(score: float, points: Mapping[str, float]) -> str:
