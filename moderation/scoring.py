@@ -3,7 +3,9 @@
 The seeds pad every review to 100 characters; the median review has 27, so
 three quarters of that work is spent on padding. Here rows are sorted by
 length and each batch is padded only to its own longest row. Padding is
-masked, so a review's score does not depend on which batch it lands in.
+masked, so a review's score does not depend on which batch it lands in, and a
+text repeated within one call (shops get "좋아요" thousands of times a night)
+is scored once.
 
 An LSTM step is a chain of small operations that two threads cannot share
 well, so TensorFlow is told to run each operation on one thread while
@@ -312,16 +314,20 @@ class Scorer:
         reasons = []
         for start, prepared in self._prepared(raw, slices):
             reasons.append(prepared.reasons)
-            skipped = len(prepared.reasons) - len(prepared.positions)
-            if progress is not None and skipped:
-                progress.advance(skipped)
+            settled = len(prepared.reasons) - prepared.distinct_texts  # skipped, or a repeat of a text scored here
+            if progress is not None and settled:
+                progress.advance(settled)
+            if prepared.encoded is None:
+                continue
             if prepared.batches is not None:
+                distinct = np.empty(len(prepared.encoded), dtype=np.float64)
                 for rows, matrix in prepared.batches:
-                    scores[start + prepared.positions[rows]] = self._predict(matrix)[: len(rows)]
+                    distinct[rows] = self._predict(matrix)[: len(rows)]
                     if progress is not None:
                         progress.advance(len(rows))
-            elif prepared.encoded is not None:
-                scores[start + prepared.positions] = self.predict_encoded(prepared.encoded, progress)
+            else:
+                distinct = self.predict_encoded(prepared.encoded, progress)
+            scores[start + prepared.positions] = distinct[prepared.text_of_row]
         skip_reason = reasons[0] if len(reasons) == 1 else pd.concat(reasons, ignore_index=True)
         scorable = skip_reason.isna().to_numpy()
         flagged = np.where(scorable, scores >= self.threshold, False)
@@ -353,16 +359,22 @@ class Scorer:
                 yield start, prepared
 
     def _prepare(self, raw: pd.Series) -> _Prepared:
+        """Clean, find skip reasons, and encode each distinct cleaned text once.
+
+        Shops get the same short review ("좋아요", "배송 빨라요") thousands of
+        times a night; a text's score depends only on its cleaned characters,
+        so repeats are scored once and the score is copied to every row.
+        """
         cleaned = clean_texts(raw)
         reasons = skip_reasons(raw, cleaned)
         scorable = reasons.isna().to_numpy()
         positions = np.flatnonzero(scorable)
         if not len(positions):
-            return _Prepared(reasons, positions, None, None)
-        encoded = self.bundle.vocab.encode(cleaned[scorable].tolist(), self.bundle.card.max_len)
-        if not self.plan.fixed_shapes:
-            return _Prepared(reasons, positions, encoded, None)
-        return _Prepared(reasons, positions, encoded, self.fixed_shape_batches(encoded))
+            return _Prepared(reasons, positions, None, None, np.empty(0, dtype=np.intp))
+        text_of_row, distinct = pd.factorize(cleaned[scorable], sort=False)
+        encoded = self.bundle.vocab.encode(list(distinct), self.bundle.card.max_len)
+        batches = self.fixed_shape_batches(encoded) if self.plan.fixed_shapes else None
+        return _Prepared(reasons, positions, encoded, batches, text_of_row)
 
     def fixed_shape_batches(self, encoded: EncodedTexts) -> list[tuple[np.ndarray, np.ndarray]]:
         """(rows, right-padded matrix) per batch, shapes drawn from a small fixed set.
@@ -414,12 +426,22 @@ class Scorer:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """One slice ready for the device: skip reasons, where its scorable rows are, their ids and batches."""
+    """One slice ready for the device: skip reasons, where its scorable rows are, their distinct texts' ids.
+
+    ``encoded`` (and ``batches``, on the GPU plan) hold each distinct cleaned
+    text once; ``text_of_row[i]`` is the distinct text of scorable row
+    ``positions[i]``.
+    """
 
     reasons: pd.Series
     positions: np.ndarray
     encoded: EncodedTexts | None
     batches: list[tuple[np.ndarray, np.ndarray]] | None
+    text_of_row: np.ndarray
+
+    @property
+    def distinct_texts(self) -> int:
+        return 0 if self.encoded is None else len(self.encoded)
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int, max_chars: int) -> list[np.ndarray]:

@@ -132,6 +132,46 @@ def test_unscorable_rows_get_reasons_not_crashes(bundle) -> None:  # type: ignor
     assert not result.flagged[1]
 
 
+class _Counter:
+    def __init__(self) -> None:
+        self.done = 0
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+
+
+@pytest.mark.parametrize("fixed_shapes", [False, True], ids=["cpu-plan", "gpu-plan-shapes"])
+def test_repeated_texts_are_scored_once_and_every_row_gets_the_score(bundle, fixed_shapes: bool,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from moderation.scoring import current_plan
+
+    plan = replace(current_plan(), fixed_shapes=fixed_shapes)
+    texts = ["좋아요", "최악이에요", None, "좋아요", " 좋아요 ", "좋아요!!", "최악이에요", "", "별로"] * 50
+    scorer = Scorer(bundle, plan=plan)
+    predicted_rows: list[int] = []
+    predict = scorer._predict
+
+    def counting(matrix: np.ndarray) -> np.ndarray:
+        predicted_rows.append(len(matrix))
+        return predict(matrix)
+
+    monkeypatch.setattr(scorer, "_predict", counting)
+    progress = _Counter()
+    result = scorer.score_texts(texts, progress=progress)
+    alone = {text: Scorer(bundle).score_texts([text]).score[0] for text in set(texts) - {None, ""}}
+    for text, score in zip(texts, result.score):
+        if text:
+            assert abs(score - alone[text]) < 1e-5, text
+        else:
+            assert np.isnan(score)
+    distinct_cleaned = len({t.strip() for t in texts if t})  # " 좋아요 " cleans to "좋아요"
+    assert distinct_cleaned <= 5
+    assert sum(predicted_rows) <= (16 if not fixed_shapes else 256 * 2)  # distinct texts (padded shapes on the GPU plan)
+    assert progress.done == len(texts)
+
+
 def test_long_texts_are_cut_like_training(bundle) -> None:  # type: ignore[no-untyped-def]
     max_len = bundle.card.max_len
     tail = "최악이에요 환불해주세요"
