@@ -647,6 +647,47 @@ def _copy_reviews(conn: Any, rows: list[tuple[Any, ...]]) -> None:
             copy.write_row(row)
 
 
+def seed_reviews_child(url: str, corpus: Path, size: int, model_dir: Path) -> float:
+    """:func:`load_reviews` of ``size`` sampled reviews in a fresh interpreter; returns its seconds.
+
+    In a child so that the schema is the one of the package on the child's
+    path: an earlier checkout's (``PYTHONPATH``) for a before/after pair.
+    """
+    with tempfile.TemporaryDirectory(prefix="moderation-bench-seed-") as tmp:
+        spec = {"task": "seed", "db_url": url, "corpus": str(corpus), "size": size, "model_dir": str(model_dir),
+                "result": str(Path(tmp) / "result.json")}
+        return float(_run_child_spec(spec, Path(tmp), f"seeding {size:,} reviews")["seconds"])
+
+
+def empty_scoring_tables_child(url: str, tables: Sequence[str]) -> None:
+    """:func:`empty_scoring_tables` in a fresh interpreter (the schema upgraded to the child's package)."""
+    with tempfile.TemporaryDirectory(prefix="moderation-bench-empty-") as tmp:
+        spec = {"task": "empty_scoring_tables", "db_url": url, "tables": list(tables),
+                "result": str(Path(tmp) / "result.json")}
+        _run_child_spec(spec, Path(tmp), "emptying the scoring tables")
+
+
+def empty_scoring_tables(url: str, tables: Sequence[str]) -> None:
+    """Every review unscored again, the statistics fresh, as before the first run (schema upgraded to this code's)."""
+    from sqlalchemy import text
+
+    from moderation import db, migrations
+
+    unknown = set(tables) - set(db.metadata.tables)
+    if unknown:
+        raise BenchError(f"not tables of the package's schema: {', '.join(sorted(unknown))}")
+    engine = db.make_engine(url)
+    quoted = [engine.dialect.identifier_preparer.quote(name) for name in tables]
+    try:
+        migrations.upgrade(engine)  # a database kept by an earlier release's run
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {', '.join(quoted)}"))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+    finally:
+        engine.dispose()
+
+
 def run_child(url: str, work: Path, run_id: str, chunk_size: int) -> dict[str, Any]:
     """One nightly run in a fresh interpreter, so its peak RSS is its own."""
     spec = {"db_url": url, "start": BENCH_DAY.isoformat(), "end": (BENCH_DAY + timedelta(days=1)).isoformat(),
@@ -685,6 +726,15 @@ def _child_main(spec_path: Path) -> int:
         return _seeds_child(spec)
     if spec.get("task") == "training":
         return _training_child(spec)
+    if spec.get("task") == "seed":
+        seconds = load_reviews(spec["db_url"], sample_corpus(load_corpus(Path(spec["corpus"])), spec["size"]),
+                               Path(spec["model_dir"]))
+        Path(spec["result"]).write_text(json.dumps({"seconds": seconds}), encoding="utf-8")
+        return 0
+    if spec.get("task") == "empty_scoring_tables":
+        empty_scoring_tables(spec["db_url"], spec["tables"])
+        Path(spec["result"]).write_text(json.dumps({}), encoding="utf-8")
+        return 0
     return _nightly_child(spec)
 
 

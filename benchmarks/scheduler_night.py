@@ -113,10 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "checkout": str(args.checkout or REPO_ROOT), "checkout_commit": _commit(args.checkout or REPO_ROOT)}
     results: dict[str, Any] = {"machine": bench.machine_facts(_bench_settings(args, model_dir)),
                                "settings": settings, "nights": []}
-    frame = bench.load_corpus(args.corpus)
     try:
         for size in args.reviews:
-            with reviews_database(args.pg_url, size, frame, model_dir, args.reuse_db) as reviews_url:
+            with reviews_database(args.pg_url, size, args.corpus, model_dir, args.reuse_db,
+                                  settings["checkout_commit"] if args.checkout else None) as reviews_url:
                 night = scheduler_night(args, settings, reviews_url, size)
                 if not args.no_in_process:
                     empty_scoring_tables(reviews_url)
@@ -154,12 +154,16 @@ def _in_process_chunk_size(conf: dict[str, Any]) -> int:
 # --- the reviews database ----------------------------------------------------
 
 @contextmanager
-def reviews_database(pg_url: str, size: int, frame: Any, model_dir: Path, reuse: bool) -> Iterator[str]:
+def reviews_database(pg_url: str, size: int, corpus: Path, model_dir: Path, reuse: bool,
+                     checkout_commit: str | None = None) -> Iterator[str]:
     """A PostgreSQL database holding ``size`` unscored reviews of :data:`bench.BENCH_DAY`."""
     from sqlalchemy import text
 
     admin = bench._pg_admin_engine(pg_url)
-    name = f"moderation_sched_{size}" if reuse else f"moderation_sched_{uuid.uuid4().hex[:12]}"
+    # Seeded and emptied in children on the package under test: an earlier checkout has an earlier
+    # schema, so its kept databases are its own (named by its commit).
+    kept = f"moderation_sched_{size}" + (f"_{checkout_commit[:8]}" if checkout_commit else "")
+    name = kept if reuse else f"moderation_sched_{uuid.uuid4().hex[:12]}"
     url = admin.url.set(database=name).render_as_string(hide_password=False)
     with admin.connect() as conn:
         exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
@@ -174,7 +178,7 @@ def reviews_database(pg_url: str, size: int, frame: Any, model_dir: Path, reuse:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         _progress(f"{size:,}: seeding database {name}")
-        seconds = bench.load_reviews(url, bench.sample_corpus(frame, size), model_dir)
+        seconds = bench.seed_reviews_child(url, corpus, size, model_dir)
         _progress(f"{size:,}: seeded in {seconds:.1f}s")
     try:
         yield url
@@ -201,20 +205,8 @@ def _review_count(url: str) -> int:
 
 
 def empty_scoring_tables(url: str) -> None:
-    """Every review unscored again, the statistics fresh, as before the first run (schema upgraded to this code's)."""
-    from sqlalchemy import text
-
-    from moderation import db, migrations
-
-    engine = db.make_engine(url)
-    try:
-        migrations.upgrade(engine)  # a database kept by an earlier release's run
-        with engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {', '.join(SCORING_TABLES)}"))
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE"))
-    finally:
-        engine.dispose()
+    """Every review unscored again, in a child on the package under test (its schema, not this checkout's)."""
+    bench.empty_scoring_tables_child(url, SCORING_TABLES)
 
 
 # --- the Airflow under test --------------------------------------------------
