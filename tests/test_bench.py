@@ -117,3 +117,38 @@ def test_scheduler_benchmark_reads_the_phases_each_task_logs(tmp_path: Path) -> 
 
     assert scheduler_night.task_phases(tmp_path, "night_1") == {("score_chunk", 1): record}
 
+
+
+@pytest.mark.postgres
+def test_scheduler_benchmark_seeds_and_empties_its_database_in_a_child(pg_url: str, tiny_model_dir: Path,
+                                                                        sample_path: Path) -> None:
+    """A child process on the package under test seeds the reviews and later unscores them all again."""
+    from datetime import timedelta
+
+    from sqlalchemy import func, select
+
+    from moderation import db, pipeline
+
+    import scheduler_night  # benchmarks/scheduler_night.py
+
+    def count(conn, table: str) -> int:  # type: ignore[no-untyped-def]
+        return int(conn.execute(select(func.count()).select_from(db.metadata.tables[table])).scalar_one())
+
+    seconds = bench.seed_reviews_child(pg_url, sample_path, 300, tiny_model_dir)
+    assert seconds > 0
+    engine = db.make_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            assert count(conn, "reviews") == 300
+        pipeline.run_nightly(pg_url, bench.BENCH_DAY, bench.BENCH_DAY + timedelta(days=1), run_id="night_1")
+        with engine.connect() as conn:
+            assert count(conn, "review_scores") == 300
+        scheduler_night.empty_scoring_tables(pg_url)
+        with engine.connect() as conn:
+            for table in scheduler_night.SCORING_TABLES:
+                assert count(conn, table) == 0
+            assert count(conn, "reviews") == 300
+    finally:
+        engine.dispose()
+    with pytest.raises(bench.BenchError, match="not tables of the package's schema: reviewz"):
+        bench.empty_scoring_tables(pg_url, ["review_scores", "reviewz"])
