@@ -262,7 +262,7 @@ def machine_facts(settings: Settings) -> dict[str, Any]:
         "python": platform.python_version(),
         "sqlite": __import__("sqlite3").sqlite_version,
         "postgresql": _pg_server_version(settings.pg_url) if settings.pg_url else None,
-        **_git_state(),
+        **git_state(),
     }
     for package in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "sqlalchemy", "psycopg"):
         try:
@@ -298,9 +298,10 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def _git_state() -> dict[str, Any]:
+def git_state(checkout: Path = REPO_ROOT) -> dict[str, Any]:
+    """The checkout's commit and whether its working tree differs from it (commit None outside git)."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True,
                               check=True, timeout=10).stdout.strip()
 
     try:

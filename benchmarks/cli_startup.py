@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each process; the best counts")
     parser.add_argument("--corpus", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "ko_reviews.parquet")
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the shipped model)")
+    parser.add_argument("--checkout", type=Path, default=None,
+                        help="time another checkout's package (e.g. a worktree of an earlier commit, for a "
+                             "before/after pair on one machine); default: this one")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench_cli.json")
     parser.add_argument("--seeds-child", nargs=3, metavar=("MODEL", "TEXTS", "SCORES"), help=argparse.SUPPRESS)
     parser.add_argument("--load-child", metavar="MODEL", help=argparse.SUPPRESS)
@@ -67,8 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model_dir = (args.model or config.default_model_dir()).resolve()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    checkout = (args.checkout or REPO_ROOT).resolve()
+    if args.checkout is not None:  # its package first on the path of every process timed here
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), env.get("PYTHONPATH")]))
     results: dict[str, Any] = {"machine": bench.machine_facts(argparse.Namespace(pg_url=None)),
-                               "settings": {"texts": args.texts, "repeats": args.repeats, "model_dir": str(model_dir)}}
+                               "settings": {"texts": args.texts, "repeats": args.repeats, "model_dir": str(model_dir),
+                                            "checkout": str(checkout),
+                                            "checkout_commit": bench.git_state(checkout)["git_commit"]}}
     with tempfile.TemporaryDirectory(prefix="moderation-cli-bench-") as tmp:
         work = Path(tmp)
         sample = work / "texts.parquet"

@@ -110,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {"reviews": args.reviews, "conf": args.conf, "label": args.label, "trigger": args.trigger,
                 "parallelism": args.parallelism or max(4, cpus + 2), "pool_slots": args.pool_slots or cpus,
                 "model_dir": str(model_dir), "reuse_db": args.reuse_db,
-                "checkout": str(args.checkout or REPO_ROOT), "checkout_commit": _commit(args.checkout or REPO_ROOT)}
+                "checkout": str(args.checkout or REPO_ROOT),
+                "checkout_commit": bench.git_state(args.checkout or REPO_ROOT)["git_commit"]}
     results: dict[str, Any] = {"machine": bench.machine_facts(_bench_settings(args, model_dir)),
                                "settings": settings, "nights": []}
     try:
@@ -133,11 +134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         _progress(f"wrote {args.out}")
     print(summary_table(results["nights"]), flush=True)
     return 0
-
-
-def _commit(checkout: Path) -> str | None:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True)
-    return done.stdout.strip() or None
 
 
 def _bench_settings(args: argparse.Namespace, model_dir: Path) -> Any:
