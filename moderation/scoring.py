@@ -518,8 +518,12 @@ def _build_forward(model: Any, fused: bool) -> Forward:
     return Forward(lambda batch: as_scores(layers_forward(batch)), True, "Keras layers")
 
 
-def seed_style_predict(bundle: ModelBundle, texts: list[str], max_len: int = 100, batch_size: int = 1024) -> np.ndarray:
-    """The seeds' way, kept as the benchmark baseline: pad all to ``max_len``, one predict call."""
+def seed_style_predict(bundle: ModelBundle, texts: list[str], max_len: int = 100,
+                       batch_size: int | None = 1024) -> np.ndarray:
+    """The seeds' way, kept as the benchmark baseline: pad all to ``max_len``, one predict call.
+
+    ``batch_size`` None is ``model.predict``'s own default, as the seeds call it.
+    """
     cleaned = clean_texts(texts).fillna("").tolist()
     encoded = bundle.vocab.encode(cleaned, max_len)
     matrix = encoded.padded(width=max_len)

@@ -152,3 +152,19 @@ def test_scheduler_benchmark_seeds_and_empties_its_database_in_a_child(pg_url: s
         engine.dispose()
     with pytest.raises(bench.BenchError, match="not tables of the package's schema: reviewz"):
         bench.empty_scoring_tables(pg_url, ["review_scores", "reviewz"])
+
+
+@pytest.mark.slow
+def test_cli_startup_benchmark_times_whole_processes(tiny_model_dir: Path, sample_path: Path, tmp_path: Path) -> None:
+    """score-file, both seeds' scripts and predict run as fresh processes; both ratios are written."""
+    import cli_startup  # benchmarks/cli_startup.py
+
+    out = tmp_path / "cli.json"
+    assert cli_startup.main(["--texts", "300", "--repeats", "1", "--model", str(tiny_model_dir),
+                             "--corpus", str(sample_path), "--out", str(out)]) == 0
+    results = json.loads(out.read_text(encoding="utf-8"))
+    assert set(results["best"]) == {"moderation score-file", "seeds' predict script", cli_startup.AS_WRITTEN,
+                                    "moderation predict (one text)"}
+    assert results["score_file_speedup_vs_seeds"] > 0 and results["score_file_speedup_vs_seeds_as_written"] > 0
+    assert results["settings"]["checkout_commit"] == bench.git_state()["git_commit"]
+    assert all(seconds > 0 for times in results["phase_seconds"].values() for seconds in times)
