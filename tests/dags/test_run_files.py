@@ -27,14 +27,6 @@ def _tiny_model_is_the_default(monkeypatch: pytest.MonkeyPatch, tiny_model_dir: 
 
 
 @pytest.fixture
-def engine(any_db_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(any_db_url)
-    db.init_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def memory_store() -> Iterator[Any]:
     """``memory://`` for ``ObjectStoragePath``, emptied before and after."""
     from airflow.sdk.io import attach
