@@ -354,18 +354,23 @@ def sample_corpus(frame: pd.DataFrame, n: int, seed: int = SAMPLE_SEED) -> pd.Da
 
 def bench_model(settings: Settings, frame: pd.DataFrame) -> dict[str, Any]:
     """Seeds' fixed padding vs the Scorer on one sample; cleaning and encoding timed apart."""
-    from moderation.scoring import Scorer, default_workers, load_scorer, seed_style_predict
+    from moderation.model import load_bundle
+    from moderation.numpy_lstm import ENGINE_ENV
+    from moderation.scoring import Scorer, configure_inference_threads, current_plan, default_workers, seed_style_predict
 
     workers = default_workers()
-    bundle = load_scorer(settings.model_dir, workers=workers).bundle  # threads set as the nightly job sets them
+    configure_inference_threads(workers)  # TensorFlow's threads as a scoring task on Keras sets them
+    bundle = load_bundle(settings.model_dir)
+    keras_plan = current_plan({**os.environ, ENGINE_ENV: "keras"})
     texts = sample_corpus(frame, settings.model_reviews)["text"].tolist()
     series = pd.Series(texts, dtype=object)
     n = len(texts)
     _progress(f"model: {n:,} reviews, warming up")
     warm = texts[: min(n, SEED_BATCH + 500)]  # one full and one partial batch: every trace happens here
     seed_style_predict(bundle, warm, SEED_MAX_LEN, SEED_BATCH)
+    Scorer(bundle, workers=workers).score_texts(warm)
     for fused in (True, False):
-        Scorer(bundle, workers=workers, fused=fused).score_texts(warm)
+        Scorer(bundle, workers=workers, fused=fused, plan=keras_plan).score_texts(warm)
     prep, cleaned_lengths = time_preparation(bundle, series)
 
     _progress("model: seeds' way (pad to 100, predict batch 1024)")
@@ -389,15 +394,18 @@ def bench_model(settings: Settings, frame: pd.DataFrame) -> dict[str, Any]:
         scorer_rows.append(_throughput_row("Scorer", batch_size, n, seconds,
                                            prep["clean_seconds"], prep["encode_seconds_scorer"]))
     best = max(scorer_rows, key=lambda r: r["reviews_per_s"])
-    # The same Scorer on the Keras layers: what the fused LSTM kernel adds on its own.
-    _progress(f"model: Scorer on the Keras layers, batch {best['batch_size']}")
-    layers = Scorer(bundle, batch_size=best["batch_size"], workers=workers, fused=False)
-    forward_kinds["Scorer, Keras layers"] = layers.forward_kind
-    seconds, result = best_of(settings.repeats, lambda: layers.score_texts(series))
-    scorer_scores[f"Scorer, Keras layers, batch {best['batch_size']}"] = result.score
-    layers_row = _throughput_row("Scorer, Keras layers", best["batch_size"], n, seconds,
-                                 prep["clean_seconds"], prep["encode_seconds_scorer"])
-    for row in [seeds_here, seeds_default, *scorer_rows, layers_row]:
+    # The same Scorer on Keras (TensorFlow's fused LSTM kernel, then the Keras layers): what each pass adds.
+    keras_rows = []
+    for method, fused in (("Scorer, fused LSTM kernel", True), ("Scorer, Keras layers", False)):
+        _progress(f"model: {method}, batch {best['batch_size']}")
+        on_keras = Scorer(bundle, batch_size=best["batch_size"], workers=workers, fused=fused, plan=keras_plan)
+        forward_kinds[method] = on_keras.forward_kind
+        seconds, result = best_of(settings.repeats, lambda: on_keras.score_texts(series))
+        scorer_scores[f"{method}, batch {best['batch_size']}"] = result.score
+        keras_rows.append(_throughput_row(method, best["batch_size"], n, seconds,
+                                          prep["clean_seconds"], prep["encode_seconds_scorer"]))
+    fused_row, layers_row = keras_rows
+    for row in [seeds_here, seeds_default, *scorer_rows, fused_row, layers_row]:
         row["vs_seeds"] = round(row["reviews_per_s"] / seeds["reviews_per_s"], 3)
     return {
         "reviews": n,
@@ -410,6 +418,7 @@ def bench_model(settings: Settings, frame: pd.DataFrame) -> dict[str, Any]:
         "seeds": seeds,
         "seeds_variants": [seeds_here, seeds_default],
         "scorer": scorer_rows,
+        "scorer_fused_kernel": fused_row,
         "scorer_keras_layers": layers_row,
         "forward": forward_kinds,
         "best_scorer": best,
@@ -1041,7 +1050,7 @@ def model_table(section: dict[str, Any]) -> str:
     rows = [[r["method"], r["batch_size"], r["reviews_per_s"], r["seconds"], r["clean_seconds"],
              r["encode_seconds"], r["model_seconds"], f"{r['vs_seeds']:.2f}x"]
             for r in [*section.get("seeds_variants", [section["seeds"]]), *section["scorer"],
-                      *([section["scorer_keras_layers"]] if "scorer_keras_layers" in section else [])]]
+                      *[section[key] for key in ("scorer_fused_kernel", "scorer_keras_layers") if key in section]]]
     table = format_table(
         f"1. Model-only throughput: {section['reviews']:,} corpus reviews, model {section['model_version']} "
         f"(best of {section['repeats']}; model s = total - clean - encode)",

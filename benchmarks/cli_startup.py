@@ -15,8 +15,10 @@ the same file and machine in one run:
   001's ``sentiment_predict`` does (Keras predicts 32 rows at a time);
 * ``moderation predict`` on one text (start-up alone, nearly no scoring);
 * where a process's time goes: the interpreter with nothing imported, the
-  imports of ``moderation score-file`` before TensorFlow, TensorFlow/Keras,
-  and the model load, each timed in a fresh process.
+  imports of ``moderation score-file`` (which scores on NumPy and never
+  imports TensorFlow on a machine without an accelerator), TensorFlow/Keras
+  (which the seeds' script imports), and ``score-file``'s model load, each
+  timed in a fresh process.
 
 Each process runs ``--repeats`` times (default 3); the best time counts, the
 others are kept in the JSON. The sample is ``--texts`` reviews (default
@@ -47,7 +49,7 @@ AS_WRITTEN = "seeds' predict script, predict's default batch (32)"
 #: Fresh-process probes: what each one imports or does, timed inside the process.
 PROBES = {
     "score-file imports without TensorFlow": "import moderation.cli, moderation.data, moderation.scoring",
-    "TensorFlow + Keras import": "import keras",
+    "TensorFlow + Keras import (the seeds' script; score-file on Keras' plan)": "import keras",
 }
 
 
@@ -149,8 +151,13 @@ def timed_inner(command: list[str], env: dict[str, str]) -> float:
 
 
 def load_child(model_dir: str) -> int:
-    """Import what ``score-file`` imports, then time :func:`load_scorer` alone."""
-    import keras  # noqa: F401
+    """Import what ``score-file`` imports (Keras only where its plan is Keras'), then time :func:`load_scorer` alone."""
+    from moderation import scoring
+
+    if hasattr(scoring, "numpy_plan"):
+        scoring.current_plan()  # imports what the plan runs on
+    else:  # a checkout from before NumPy scoring: its plan always imports Keras
+        import keras  # noqa: F401
 
     from moderation.scoring import load_scorer
 

@@ -95,11 +95,11 @@ def score_chunk(run_plan: dict[str, Any], chunk: dict[str, Any]) -> dict[str, An
     """Score one chunk into a Parquet file under the runs URL; a retry overwrites the same file."""
     phases = TaskPhases()
     from moderation import airflow_support, pipeline
-    from moderation.scoring import import_backend, load_scorer
+    from moderation.scoring import current_plan, load_scorer
 
-    import_backend()  # TensorFlow's import, timed apart from the model load
+    scoring_plan = current_plan()  # imports what the plan runs on (Keras only where NumPy cannot score)
     phases.mark("imports")
-    scorer = load_scorer(run_plan["model"]["path"])
+    scorer = load_scorer(run_plan["model"]["path"], plan=scoring_plan)
     phases.mark("model_load")
     result = pipeline.score_chunk(airflow_support.reviews_db_url(), chunk, run_plan["model"]["path"],
                                   airflow_support.run_folder(run_plan["run_id"]), scorer=scorer)

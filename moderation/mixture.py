@@ -235,7 +235,7 @@ def train_mixture(splits: dict[str, Split], out_dir: Path, version: str, config:
     )
     save_bundle(out_dir, model, vocab, card)
     plot_domain_history(history.history, out_dir / CURVE_FILE, version)
-    return ModelBundle(path=out_dir, model=model, vocab=vocab, card=card)
+    return ModelBundle(path=out_dir, keras_model=model, vocab=vocab, card=card)
 
 
 def plot_domain_history(history: dict[str, list[float]], path: Path, title: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,8 @@ from moderation.vocab import CharVocab
 
 if TYPE_CHECKING:
     import keras
+
+    from moderation.numpy_lstm import SeedWeights
 
 MODEL_FILE = "model.keras"
 VOCAB_FILE = "vocab.json"
@@ -211,14 +214,34 @@ def bundle_fingerprint(directory: Path | str) -> str:
     return digest.hexdigest()
 
 
-@dataclass
+@dataclass(eq=False)
 class ModelBundle:
-    """A loaded model directory: the network, its vocabulary and its card."""
+    """A loaded model directory: its vocabulary, its card and the network.
+
+    The network comes in two forms. ``keras_model`` is the Keras model (for
+    training, evaluation and the GPU plan); ``seed_weights`` are the seed
+    network's weights as NumPy arrays, read from the same archive without
+    importing TensorFlow (for the CPU scoring plan). A bundle loaded for
+    NumPy scoring loads the Keras model only if something asks for
+    :attr:`model`.
+    """
 
     path: Path
-    model: keras.Model
     vocab: CharVocab
     card: ModelCard
+    keras_model: keras.Model | None = None
+    seed_weights: SeedWeights | None = None
+    #: Why ``seed_weights`` is None for a bundle loaded without Keras (not the seed network).
+    seed_weights_unusable: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def model(self) -> keras.Model:
+        """The Keras model, loaded (and its TensorFlow imported) on first use."""
+        with self._lock:
+            if self.keras_model is None:
+                self.keras_model = _load_keras_model(self.path, self.vocab)
+            return self.keras_model
 
     @property
     def version(self) -> str:
@@ -328,10 +351,29 @@ def _verified_parts(directory: Path) -> tuple[ModelCard, CharVocab]:
     return card, vocab
 
 
-def load_bundle(directory: Path | str) -> ModelBundle:
-    """Load a model directory, refusing one whose parts are missing or disagree."""
+def load_bundle(directory: Path | str, with_keras: bool = True) -> ModelBundle:
+    """Load a model directory, refusing one whose parts are missing or disagree.
+
+    ``with_keras=False`` reads the seed network's weights with h5py instead of
+    loading the model with Keras, so TensorFlow is not imported; a model of
+    another architecture then gets ``seed_weights`` None and the reason, and
+    its Keras model loads on first use of :attr:`ModelBundle.model`.
+    """
     directory = Path(directory)
     card, vocab = _verified_parts(directory)
+    if with_keras:
+        return ModelBundle(path=directory, vocab=vocab, card=card, keras_model=_load_keras_model(directory, vocab))
+    from moderation.numpy_lstm import read_seed_weights
+
+    weights, unusable = read_seed_weights(directory / MODEL_FILE)
+    if weights is not None and weights.embedding.shape[0] != vocab.size:
+        raise ModelBundleError(f"model {directory / MODEL_FILE} embeds {weights.embedding.shape[0]} ids "
+                               f"but the vocabulary has {vocab.size}")
+    return ModelBundle(path=directory, vocab=vocab, card=card, seed_weights=weights, seed_weights_unusable=unusable)
+
+
+def _load_keras_model(directory: Path, vocab: CharVocab) -> keras.Model:
+    """The Keras model of a verified bundle directory, checked against its vocabulary."""
     import keras
 
     try:
@@ -343,4 +385,4 @@ def load_bundle(directory: Path | str) -> ModelBundle:
         raise ModelBundleError(
             f"model {directory / MODEL_FILE} embeds {embedding_rows} ids but the vocabulary has {vocab.size}"
         )
-    return ModelBundle(path=directory, model=model, vocab=vocab, card=card)
+    return model

@@ -14,6 +14,13 @@ several batches are scored side by side, one per core
 the model is the seed network, its LSTMs run on TensorFlow's fused kernel
 (:mod:`moderation.fused_lstm`), which computes the same scores faster.
 
+On a CPU the seed network is usually scored without TensorFlow at all
+(:mod:`moderation.numpy_lstm`): NumPy computes the same scores about as fast,
+and the process skips TensorFlow's 6-7 s import. Keras scores on the CPU
+only when asked to (``MODERATION_SCORING_ENGINE=keras``), when the model is
+not the seed network, or when the machine has an accelerator and Keras finds
+no GPU on it.
+
 That is the CPU plan. Where Keras sees a GPU, a different plan fits
 (:func:`plan_scoring`, a pure function of the backend, the visible GPUs and
 the environment): the Keras layers (cuDNN's LSTM on TensorFlow), one
@@ -39,6 +46,7 @@ import pandas as pd
 
 from moderation.errors import SettingError
 from moderation.model import ModelBundle, load_bundle
+from moderation.numpy_lstm import ENGINE_ENV
 from moderation.progress import Progress
 from moderation.text import clean_texts, skip_reasons
 from moderation.vocab import OOV_ID, EncodedTexts
@@ -131,10 +139,13 @@ class ScoringPlan:
     slice_rows: int | None
     width_step: int
     fixed_shapes: bool
+    #: ``keras`` (the Keras model on ``backend``) or ``numpy`` (:mod:`moderation.numpy_lstm`, no TensorFlow).
+    engine: str = "keras"
 
     def describe(self) -> str:
         where = f"GPU {', '.join(self.gpus)}" if self.device == "gpu" else "CPU"
-        return (f"{where} on Keras' {self.backend} backend: batches of {self.batch_rows:,} rows / "
+        on = "NumPy (no TensorFlow)" if self.engine == "numpy" else f"Keras' {self.backend} backend"
+        return (f"{where} on {on}: batches of {self.batch_rows:,} rows / "
                 f"{self.batch_chars:,} characters, {self.workers} worker(s)"
                 + (", next slice prepared in the background" if self.prefetch else ""))
 
@@ -166,6 +177,43 @@ def plan_scoring(backend: str, gpus: Sequence[str], env: Mapping[str, str], cpus
                        prefetch=False, slice_rows=None, width_step=1, fixed_shapes=False)
 
 
+def numpy_plan(env: Mapping[str, str], cpus: int = 1) -> ScoringPlan | None:
+    """The CPU plan on NumPy where the environment allows it without asking Keras; None where Keras must decide.
+
+    ``MODERATION_SCORING_ENGINE=keras`` or ``MODERATION_SCORING_DEVICE=gpu``
+    leave the choice to Keras, and so does ``auto`` on a machine with an
+    accelerator's device files (:func:`accelerator_present`): only Keras'
+    backend can say whether it can use that accelerator. ``engine=numpy``
+    with ``device=gpu`` is a contradiction and an error.
+    """
+    from moderation.numpy_lstm import engine_choice
+
+    engine = engine_choice(env)
+    device = (env.get(DEVICE_ENV, "") or "auto").strip().lower()
+    if device not in {"auto", "cpu", "gpu"}:
+        raise SettingError(f"{DEVICE_ENV} must be auto, cpu or gpu, got {env.get(DEVICE_ENV)!r}")
+    if engine == "numpy" and device == "gpu":
+        raise SettingError(f"{ENGINE_ENV}=numpy runs on the CPU, but {DEVICE_ENV}=gpu asks for a GPU")
+    if engine == "keras" or device == "gpu" or (device == "auto" and engine == "auto" and accelerator_present()):
+        return None
+    return ScoringPlan(device="cpu", backend="numpy", gpus=(), workers=_positive_env(env, WORKERS_ENV) or cpus,
+                       batch_rows=_positive_env(env, BATCH_ROWS_ENV) or DEFAULT_BATCH_SIZE,
+                       batch_chars=_positive_env(env, BATCH_CHARS_ENV) or DEFAULT_MAX_BATCH_CHARS, fused=False,
+                       single_thread_ops=False, prefetch=False, slice_rows=None, width_step=1, fixed_shapes=False,
+                       engine="numpy")
+
+
+#: Device files of accelerators a Keras backend can use: NVIDIA (CUDA), AMD (ROCm), TPUs and other accelerators.
+ACCELERATOR_DEVICE_PATTERNS = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel*", "/dev/vfio/[0-9]*")
+
+
+def accelerator_present(patterns: Sequence[str] | None = None) -> bool:
+    """Whether this machine has an accelerator's device files (``ACCELERATOR_DEVICE_PATTERNS``): cheap, no framework imported."""
+    import glob
+
+    return any(glob.glob(pattern) for pattern in (ACCELERATOR_DEVICE_PATTERNS if patterns is None else patterns))
+
+
 def visible_gpus(backend: str) -> tuple[str, ...]:
     """The GPUs Keras' backend would run on, asked in that backend's own terms.
 
@@ -192,12 +240,23 @@ def visible_gpus(backend: str) -> tuple[str, ...]:
 
 
 def current_plan(env: Mapping[str, str] | None = None) -> ScoringPlan:
-    """The plan for this process: its Keras backend, the GPUs that backend sees, its environment."""
+    """The plan for this process, and what it runs on imported: NumPy where it may, else Keras and its backend.
+
+    Imports Keras (TensorFlow, seconds) only where the plan is Keras'; a
+    scoring task calls this first so that its log tells import time and
+    model load time apart.
+    """
+    env = os.environ if env is None else env
+    plan = numpy_plan(env, usable_cpus())
+    if plan is not None:
+        return plan
     import keras
 
-    env = os.environ if env is None else env
     backend = keras.backend.backend()
-    return plan_scoring(backend, visible_gpus(backend), env, usable_cpus())
+    plan = plan_scoring(backend, visible_gpus(backend), env, usable_cpus())
+    if plan.device == "cpu" and env.get(ENGINE_ENV, "").strip().lower() == "numpy":
+        return numpy_plan({**env, DEVICE_ENV: "cpu"}, usable_cpus()) or plan
+    return plan
 
 
 def use_full_precision(backend: str) -> None:
@@ -256,19 +315,30 @@ def configure_inference_threads(workers: int | None = None) -> bool:
     return True
 
 
-def import_backend() -> None:
-    """Import Keras and its backend now: TensorFlow's import is seconds, a fixed cost of every scoring process.
-
-    Called first by a scoring task, so that its log tells import time and
-    model load time apart; :func:`load_scorer` imports it anyway.
-    """
-    import keras  # noqa: F401
+def keras_fallback_plan(version: str, reason: str | None) -> ScoringPlan:
+    """Keras' plan for a model NumPy cannot score; an error where ``MODERATION_SCORING_ENGINE=numpy`` insisted."""
+    if os.environ.get(ENGINE_ENV, "").strip().lower() == "numpy":
+        raise SettingError(f"{ENGINE_ENV}=numpy cannot score model {version}: {reason}")
+    log.info("scoring with Keras: NumPy cannot score model %s (%s)", version, reason)
+    return current_plan({**os.environ, ENGINE_ENV: "keras"})
 
 
 def load_scorer(model_dir: str | os.PathLike[str], threshold: float | None = None,
-                batch_size: int | None = None, workers: int | None = None) -> Scorer:
-    """A Scorer for a model directory on this process's plan, its threading set before the model loads."""
-    plan = current_plan()
+                batch_size: int | None = None, workers: int | None = None,
+                plan: ScoringPlan | None = None) -> Scorer:
+    """A Scorer for a model directory on this process's plan, its threading set before the model loads.
+
+    On the NumPy plan a model that is not the seed network is scored by
+    Keras instead (logged), unless ``MODERATION_SCORING_ENGINE=numpy`` asked
+    for NumPy: then it is an error that says why.
+    """
+    plan = plan or current_plan()
+    if plan.engine == "numpy":
+        bundle = load_bundle(model_dir, with_keras=False)
+        if bundle.seed_weights is not None:
+            log.info("scoring plan: %s", plan.describe())
+            return Scorer(bundle, batch_size=batch_size, threshold=threshold, workers=workers, plan=plan)
+        plan = keras_fallback_plan(bundle.version, bundle.seed_weights_unusable)
     if plan.single_thread_ops:
         configure_inference_threads(workers or plan.workers)
     if plan.device == "gpu":
@@ -291,7 +361,14 @@ class Scorer:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if max_batch_chars < 1:
             raise ValueError(f"max_batch_chars must be at least 1, got {max_batch_chars}")
-        reduced = reduced_precision_layers(bundle.model)
+        numpy_weights = None
+        if plan.engine == "numpy":
+            numpy_weights, reason = _numpy_weights(bundle)
+            if numpy_weights is None:
+                plan = keras_fallback_plan(bundle.version, reason)
+                if plan.single_thread_ops:
+                    configure_inference_threads(workers or plan.workers)
+        reduced = [] if numpy_weights is not None else reduced_precision_layers(bundle.model)
         if reduced:
             raise ValueError(f"scoring needs float32 layers, but {', '.join(reduced)} compute in less: "
                              "flags near the threshold would depend on the device")
@@ -300,13 +377,26 @@ class Scorer:
         self.batch_size = batch_size
         self.max_batch_chars = max_batch_chars
         self.threshold = bundle.threshold if threshold is None else threshold
-        forward = _compiled_forward(bundle.model, plan.fused if fused is None else fused)
+        if numpy_weights is not None:
+            from moderation.numpy_lstm import NumpySeedForward
+
+            forward = Forward(NumpySeedForward(numpy_weights), True, "NumPy LSTM")
+        else:
+            forward = _compiled_forward(bundle.model, plan.fused if fused is None else fused)
         self._predict = forward.predict
         self.forward_kind = forward.kind
         self.workers = (workers or plan.workers) if forward.thread_safe else 1
 
     def score_texts(self, texts: Iterable[str | None] | pd.Series, progress: Progress | None = None) -> Scores:
         """Scores in input order; ``progress`` advances by each finished batch's rows (skipped rows at once)."""
+        if self.plan.engine == "numpy":
+            from moderation.numpy_lstm import single_threaded_blas
+
+            with single_threaded_blas():
+                return self._score_texts(texts, progress)
+        return self._score_texts(texts, progress)
+
+    def _score_texts(self, texts: Iterable[str | None] | pd.Series, progress: Progress | None) -> Scores:
         raw = texts if isinstance(texts, pd.Series) else pd.Series(list(texts), dtype=object)
         raw = raw.reset_index(drop=True)
         scores = np.full(len(raw), np.nan, dtype=np.float64)
@@ -486,6 +576,22 @@ def _compiled_forward(model: Any, fused: bool) -> Forward:
     if fused not in per_model:
         per_model[fused] = _build_forward(model, fused)
     return per_model[fused]
+
+
+def _numpy_weights(bundle: ModelBundle) -> tuple[Any, str | None]:
+    """The seed weights NumPy scores with (the bundle's own, else its loaded Keras model's), or None and why not."""
+    from moderation import numpy_lstm
+
+    if bundle.seed_weights is not None:
+        return bundle.seed_weights, None
+    if bundle.keras_model is None:
+        return None, bundle.seed_weights_unusable or "no weights loaded"
+    import keras
+
+    reason = numpy_lstm.unsupported_reason(keras.saving.serialize_keras_object(bundle.keras_model))
+    if reason is not None:
+        return None, reason
+    return numpy_lstm.weights_of_keras_model(bundle.keras_model), None
 
 
 def _build_forward(model: Any, fused: bool) -> Forward:

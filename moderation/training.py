@@ -198,7 +198,7 @@ def train_on_split(split: Split, out_dir: Path, config: TrainingConfig, version:
             "history": {k: [round(float(x), 5) for x in v] for k, v in history.history.items()},
         },
     )
-    bundle = ModelBundle(path=out_dir, model=model, vocab=vocab, card=card)
+    bundle = ModelBundle(path=out_dir, keras_model=model, vocab=vocab, card=card)
     scorer = Scorer(bundle)
     balanced_test = balance_classes(split.test, config.seed) if len(split.test) else split.test
     to_score = len(split.validation) + len(balanced_test) + len(split.test)

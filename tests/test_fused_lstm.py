@@ -11,6 +11,7 @@ import pytest
 
 from moderation import fused_lstm
 from moderation.model import ModelBundle, build_model, load_bundle
+from moderation.numpy_lstm import ENGINE_ENV
 from moderation.scoring import Scorer
 
 
@@ -40,6 +41,7 @@ def test_fused_pass_equals_the_keras_layers(bundle: Any) -> None:
 def test_scorer_uses_the_fused_pass_unless_told_not_to(bundle: Any, sample_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     texts = pd.read_parquet(sample_path)["text"].head(1500)
+    monkeypatch.setenv(ENGINE_ENV, "keras")
     fused = Scorer(bundle, batch_size=100)
     assert fused.forward_kind == "fused LSTM kernel"
     monkeypatch.setenv(fused_lstm.FUSED_ENV, "0")
@@ -80,7 +82,7 @@ def test_other_networks_are_scored_by_their_own_layers(kind: str, reason: str, b
     with pytest.raises(ValueError, match="cannot score this model"):
         fused_lstm.build_fused_forward(model)
 
-    other = ModelBundle(path=bundle.path, model=model, vocab=bundle.vocab, card=bundle.card)
+    other = ModelBundle(path=bundle.path, keras_model=model, vocab=bundle.vocab, card=bundle.card)
     scorer = Scorer(other, batch_size=2)
     assert scorer.forward_kind == "Keras layers"
     texts = ["좋아요", "별로예요 정말", "배송 빠름"]

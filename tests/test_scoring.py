@@ -99,7 +99,7 @@ def test_workers_default_to_the_usable_cpus_and_obey_the_environment(monkeypatch
 
 @pytest.mark.slow
 def test_a_fresh_process_scores_with_one_thread_per_operation(tiny_model_dir: Path) -> None:
-    """load_scorer sets TensorFlow's threading before the model starts it."""
+    """On Keras' plan, load_scorer sets TensorFlow's threading before the model starts it."""
     code = (
         "import json, sys, tensorflow as tf\n"
         "from moderation.scoring import load_scorer\n"
@@ -110,7 +110,8 @@ def test_a_fresh_process_scores_with_one_thread_per_operation(tiny_model_dir: Pa
         "                  'workers': scorer.workers, 'scored': int((scores == scores).sum())}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir)], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MODERATION_SCORING_ENGINE": "keras"},
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"intra": 1, "inter": 3, "workers": 3, "scored": 2}
 

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from moderation.model import build_model, load_bundle
+from moderation.numpy_lstm import ENGINE_ENV
 from moderation.scoring import (
     BATCH_CHARS_ENV,
     BATCH_ROWS_ENV,
@@ -214,14 +215,16 @@ def test_a_reduced_precision_model_is_refused(bundle: Any) -> None:
     finally:
         keras.config.set_dtype_policy(previous)
     with pytest.raises(ValueError, match="float32"):
-        Scorer(dataclasses.replace(bundle, model=mixed), plan=cpu_plan())
+        Scorer(dataclasses.replace(bundle, keras_model=mixed), plan=cpu_plan())
+    with pytest.raises(ValueError, match="float32"):  # NumPy's plan hands it to Keras, which refuses it too
+        Scorer(dataclasses.replace(bundle, keras_model=mixed))
 
 
 # ----------------------------------------------------------------------------- a real GPU
 
 
 def _gpu_plan_or_skip() -> ScoringPlan:
-    plan = current_plan()
+    plan = current_plan({**os.environ, ENGINE_ENV: "keras"})
     if plan.device != "gpu":
         pytest.skip(f"no GPU visible to Keras' {plan.backend} backend")
     return plan
