@@ -11,10 +11,13 @@ GPU_STAMP := $(GPU_VENV)/.installed
 
 .PHONY: install install-gpu demo test test-fast bench bench-scheduler up down clean
 
+# Bytecode compiled at install, as pip does by default: where PYTHONDONTWRITEBYTECODE is set (as in the image), every
+# process would otherwise compile TensorFlow's, Keras' and Airflow's sources again (seconds per process).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
-	$(VENV)/bin/uv pip install --python $(PY) -c constraints.txt -e '.[cpu,test]'
+	$(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -c constraints.txt -e '.[cpu,test]'
+	$(PY) -m compileall -q moderation
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,7 +26,8 @@ install: $(STAMP)
 $(GPU_STAMP): pyproject.toml constraints-gpu.txt
 	test -x $(GPU_PY) || $(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_PY) -m pip install -q --upgrade pip uv
-	$(GPU_VENV)/bin/uv pip install --python $(GPU_PY) -c constraints-gpu.txt -e '.[gpu,test]'
+	$(GPU_VENV)/bin/uv pip install --python $(GPU_PY) --compile-bytecode -c constraints-gpu.txt -e '.[gpu,test]'
+	$(GPU_PY) -m compileall -q moderation
 	touch $(GPU_STAMP)
 
 install-gpu: $(GPU_STAMP)

@@ -24,7 +24,9 @@ elif [ "$has_cpu$has_gpu" = 00 ]; then
     echo "install-locked: name the TensorFlow variant, extra cpu or gpu (got: ${extras})" >&2; exit 2
 fi
 
-uv pip install --python "$python" -c "$lock" "${src}[${extras}]"
+# Bytecode compiled now, as pip would: the image sets PYTHONDONTWRITEBYTECODE, so without it every task
+# process would compile Airflow's, TensorFlow's and Keras' sources again (seconds per task).
+uv pip install --python "$python" --compile-bytecode -c "$lock" "${src}[${extras}]"
 uv pip check --python "$python"
 uv pip freeze --python "$python" | grep -v '^review-moderation' | tr 'A-Z_' 'a-z-' | sort > /tmp/installed.txt
 grep -vE '^[[:space:]]*(#|$)' "$lock" | tr 'A-Z_' 'a-z-' | sort > /tmp/locked.txt

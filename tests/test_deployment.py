@@ -446,8 +446,10 @@ def test_dockerfile_builds_from_python_slim_with_the_lock_file() -> None:
         assert re.search(rf"install-locked\.sh {re.escape(lock)} \"{variant}\$\{{PROJECT_EXTRAS:\+,", installs[0]), installs[0]
     assert list(stages)[-1] == "runtime", "the default target (the last stage) must stay the CPU runtime"
     # The script installs the project itself under the lock, then refuses anything the lock does not pin.
+    # Bytecode is compiled at install: the image sets PYTHONDONTWRITEBYTECODE, so no process could write it later.
     script = INSTALL_SCRIPT.read_text(encoding="utf-8")
-    assert 'uv pip install --python "$python" -c "$lock" "${src}[${extras}]"' in script
+    assert 'uv pip install --python "$python" --compile-bytecode -c "$lock" "${src}[${extras}]"' in script
+    assert "PYTHONDONTWRITEBYTECODE=1" in DOCKERFILE.read_text(encoding="utf-8")
     assert 'uv pip check --python "$python"' in script and "comm -23" in script
     assert subprocess.run(["bash", "-n", str(INSTALL_SCRIPT)], check=False).returncode == 0
 
@@ -535,6 +537,7 @@ def test_tensorflow_comes_from_exactly_one_extra() -> None:
     assert "-c constraints.txt -e '.[cpu,test]'" in makefile
     assert "-c constraints-gpu.txt -e '.[gpu,test]'" in makefile and "GPU_VENV := .venv-gpu" in makefile
     assert re.search(r"^install-gpu: \$\(GPU_STAMP\)$", makefile, re.M)
+    assert makefile.count("uv pip install") == makefile.count("--compile-bytecode") == 2  # as pip would: compiled once
     assert ".venv-gpu" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
 
 
