@@ -31,24 +31,20 @@ from sqlalchemy import Connection, Engine, and_, case, func, literal, select
 from moderation import config, db
 from moderation.errors import ClaimError, DecisionError, InputDataError, name_ids
 from moderation.labels import upsert_labels
+from moderation.queue_names import (  # noqa: F401  (part of this module's interface)
+    BUCKET_ORDER,
+    BUCKET_POINTS,
+    BUCKETS,
+    DECISION_LABEL,
+    DECISIONS,
+    KINDS,
+    REASONS,
+    STATUSES,
+)
 from moderation.timeutil import utc, utc_now, utc_or_none
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("pending", "confirmed", "dismissed", "unsure", "expired")
-DECISIONS = ("confirmed", "dismissed", "unsure")
-#: A decision's label: confirmed means negative (1), dismissed positive (0); unsure has none.
-DECISION_LABEL = {"confirmed": 1, "dismissed": 0}
-#: Why a moderator decided as they did; stored with the decision and its event.
-REASONS: tuple[str, ...] = ("abuse", "spam", "off_topic", "false_claim", "not_negative", "other")
-#: 'flagged' by the model, or an 'audit' sample of the reviews it did not flag.
-KINDS = ("flagged", "audit")
-#: Priority buckets, most urgent first: the card's queue buckets a flag's score reached, then the
-#: flags that reached none of them, then the audit sample.
-BUCKETS = ("very_likely", "likely", "maybe", "flagged", "audit")
-BUCKET_ORDER: dict[str, int] = {name: rank for rank, name in enumerate(BUCKETS)}
-#: The card's points that name a bucket (:func:`moderation.registry.bucket_thresholds`), highest threshold first.
-BUCKET_POINTS = ("very_likely", "likely", "maybe")
 DEFAULT_CLAIM_MINUTES = 10
 CLAIM_MINUTES_ENV = "MODERATION_CLAIM_MINUTES"
 #: Longest claim one may take: a lease, not a reservation for the day.

@@ -74,6 +74,8 @@ GPU_WIDTH_STEP = 16
 GPU_MIN_SHAPE_ROWS = 256
 #: Reviews cleaned and encoded per slice on the GPU plan, in batches.
 GPU_SLICE_BATCHES = 4
+#: The same on the NumPy CPU plan: 32 batches of 1,024 rows, enough rows per slice to sort by length.
+CPU_SLICE_BATCHES = 32
 
 
 @dataclass(frozen=True)
@@ -196,11 +198,13 @@ def numpy_plan(env: Mapping[str, str], cpus: int = 1) -> ScoringPlan | None:
         raise SettingError(f"{ENGINE_ENV}=numpy runs on the CPU, but {DEVICE_ENV}=gpu asks for a GPU")
     if engine == "keras" or device == "gpu" or (device == "auto" and engine == "auto" and accelerator_present()):
         return None
+    rows = _positive_env(env, BATCH_ROWS_ENV) or DEFAULT_BATCH_SIZE
+    # Slices, the next one cleaned and encoded by a background thread while this one is scored: cleaning
+    # otherwise runs alone on one core before the first batch (0.65 s of 5.9 s on 218,361 reviews, 2 cores).
     return ScoringPlan(device="cpu", backend="numpy", gpus=(), workers=_positive_env(env, WORKERS_ENV) or cpus,
-                       batch_rows=_positive_env(env, BATCH_ROWS_ENV) or DEFAULT_BATCH_SIZE,
-                       batch_chars=_positive_env(env, BATCH_CHARS_ENV) or DEFAULT_MAX_BATCH_CHARS, fused=False,
-                       single_thread_ops=False, prefetch=False, slice_rows=None, width_step=1, fixed_shapes=False,
-                       engine="numpy")
+                       batch_rows=rows, batch_chars=_positive_env(env, BATCH_CHARS_ENV) or DEFAULT_MAX_BATCH_CHARS,
+                       fused=False, single_thread_ops=False, prefetch=True, slice_rows=rows * CPU_SLICE_BATCHES,
+                       width_step=1, fixed_shapes=False, engine="numpy")
 
 
 #: Device files of accelerators a Keras backend can use: NVIDIA (CUDA), AMD (ROCm), TPUs and other accelerators.

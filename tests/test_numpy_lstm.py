@@ -161,9 +161,10 @@ def test_the_plan_needs_no_keras_unless_the_environment_or_an_accelerator_asks(t
     monkeypatch.setattr("moderation.scoring.ACCELERATOR_DEVICE_PATTERNS", (str(tmp_path / "nvidia[0-9]*"),))
     plan = numpy_plan({}, cpus=2)
     assert plan is not None and plan.engine == "numpy" and plan.device == "cpu" and plan.workers == 2
-    # Everything else about the CPU plan is Keras' CPU plan's: the same batches, one worker per core.
+    # Keras' CPU plan's batches, one worker per core; slices of 32 batches, the next prepared in the background.
     keras_cpu = plan_scoring("tensorflow", (), {}, cpus=2)
-    assert (plan.batch_rows, plan.batch_chars, plan.slice_rows) == (keras_cpu.batch_rows, keras_cpu.batch_chars, None)
+    assert (plan.batch_rows, plan.batch_chars) == (keras_cpu.batch_rows, keras_cpu.batch_chars)
+    assert (plan.slice_rows, plan.prefetch, plan.fixed_shapes) == (32 * plan.batch_rows, True, False)
     assert numpy_plan({ENGINE_ENV: "keras"}, cpus=2) is None
     assert numpy_plan({DEVICE_ENV: "gpu"}, cpus=2) is None
     with pytest.raises(SettingError, match="numpy runs on the CPU"):

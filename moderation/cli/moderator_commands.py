@@ -62,7 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _filter_options(parser: argparse.ArgumentParser, status: bool = True) -> None:
     """The queue filter flags, shared by ``queue`` and ``decide --all-matching``."""
-    from moderation.queue import BUCKETS, KINDS
+    from moderation.queue_names import BUCKETS, KINDS
 
     if status:
         parser.add_argument("--status", choices=QUEUE_STATUSES, default="pending",
@@ -136,7 +136,7 @@ def _register_flagged(commands: argparse._SubParsersAction) -> None:
 
 
 def _register_decide(commands: argparse._SubParsersAction) -> None:
-    from moderation.queue import REASONS
+    from moderation.queue_names import REASONS
 
     parser = commands.add_parser(
         "decide", help="confirm, dismiss or mark unsure queued reviews (confirm/dismiss also record labels)",
