@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pool-slots", type=int, default=None,
                         help="slots of the moderation_scoring pool (default: CPU count)")
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process run beside it")
+    parser.add_argument("--scoring-engine", choices=["auto", "numpy", "keras"], default="auto",
+                        help="MODERATION_SCORING_ENGINE of the scoring tasks and the in-process run (default auto)")
     parser.add_argument("--label", default="", help="a word stored with the results (e.g. before/after)")
     parser.add_argument("--checkout", type=Path, default=None,
                         help="run another checkout's DAGs and package (e.g. a worktree of an earlier commit, "
@@ -104,12 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.checkout is not None:  # its package first on the path of every process started from here
         args.checkout = args.checkout.resolve()
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.checkout), os.environ.get("PYTHONPATH")]))
+    if args.scoring_engine != "auto":  # the in-process run's child inherits it; the Airflow env sets it itself
+        os.environ["MODERATION_SCORING_ENGINE"] = args.scoring_engine
     cpus = os.cpu_count() or 2
     if args.conf and args.trigger != "manual":
         raise SystemExit("--conf needs --trigger manual: a scheduled run takes the Params' defaults")
     settings = {"reviews": args.reviews, "conf": args.conf, "label": args.label, "trigger": args.trigger,
                 "parallelism": args.parallelism or max(4, cpus + 2), "pool_slots": args.pool_slots or cpus,
-                "model_dir": str(model_dir), "reuse_db": args.reuse_db,
+                "model_dir": str(model_dir), "reuse_db": args.reuse_db, "scoring_engine": args.scoring_engine,
                 "checkout": str(args.checkout or REPO_ROOT),
                 "checkout_commit": bench.git_state(args.checkout or REPO_ROOT)["git_commit"]}
     results: dict[str, Any] = {"machine": bench.machine_facts(_bench_settings(args, model_dir)),
@@ -292,6 +296,8 @@ def airflow_env(home: Path, meta_url: str, reviews_url: str, settings: dict[str,
     })
     if settings["trigger"] == "manual":  # no scheduled run beside the triggered one
         env["MODERATION_NIGHTLY_SCHEDULE"] = "off"
+    if settings.get("scoring_engine", "auto") != "auto":
+        env["MODERATION_SCORING_ENGINE"] = settings["scoring_engine"]
     return env
 
 

@@ -97,7 +97,8 @@ def score_chunk(run_plan: dict[str, Any], chunk: dict[str, Any]) -> dict[str, An
     from moderation import airflow_support, pipeline
     from moderation.scoring import current_plan, load_scorer
 
-    scoring_plan = current_plan()  # imports what the plan runs on (Keras only where NumPy cannot score)
+    # Imports what the plan runs on: Keras only for a large chunk (or where NumPy cannot score).
+    scoring_plan = current_plan(rows=chunk.get("rows"))
     phases.mark("imports")
     scorer = load_scorer(run_plan["model"]["path"], plan=scoring_plan)
     phases.mark("model_load")

@@ -19,7 +19,14 @@ from moderation import config, numpy_lstm
 from moderation.errors import ModelBundleError, SettingError
 from moderation.model import MODEL_FILE, ModelBundle, load_bundle
 from moderation.numpy_lstm import ENGINE_ENV, NumpySeedForward, read_seed_weights, weights_of_keras_model
-from moderation.scoring import DEVICE_ENV, accelerator_present, load_scorer, numpy_plan, plan_scoring
+from moderation.scoring import (
+    DEVICE_ENV,
+    NUMPY_MAX_ROWS,
+    accelerator_present,
+    load_scorer,
+    numpy_plan,
+    plan_scoring,
+)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +179,11 @@ def test_the_plan_needs_no_keras_unless_the_environment_or_an_accelerator_asks(t
     with pytest.raises(SettingError, match=ENGINE_ENV):
         numpy_plan({ENGINE_ENV: "onnx"}, cpus=2)
 
+    # A large job pays TensorFlow's import back with the faster fused kernel; a forced engine is kept.
+    assert numpy_plan({}, cpus=2, rows=NUMPY_MAX_ROWS) is not None
+    assert numpy_plan({}, cpus=2, rows=NUMPY_MAX_ROWS + 1) is None
+    assert numpy_plan({ENGINE_ENV: "numpy"}, cpus=2, rows=10 * NUMPY_MAX_ROWS) is not None
+
     (tmp_path / "nvidia0").touch()  # an accelerator's device file: only Keras' backend can tell if it is usable
     assert accelerator_present((str(tmp_path / "nvidia[0-9]*"),))
     assert numpy_plan({}, cpus=2) is None
@@ -202,3 +214,16 @@ def test_a_fresh_scoring_process_imports_tensorflow_only_on_keras_plan(tiny_mode
     if not imported and accelerator_present():
         pytest.skip("this machine has an accelerator: Keras is asked which device to use")
     assert report == {"kind": kind, "scored": 2, "tensorflow": imported, "keras": imported}
+
+
+def test_a_job_larger_than_numpy_max_rows_is_scored_on_keras(tiny_model_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENGINE_ENV, raising=False)
+    large = load_scorer(tiny_model_dir, rows=NUMPY_MAX_ROWS + 1)
+    small = load_scorer(tiny_model_dir, rows=NUMPY_MAX_ROWS)
+    assert large.plan.engine == "keras" and large.forward_kind in {"fused LSTM kernel", "Keras layers"}
+    if not accelerator_present():
+        assert small.plan.engine == "numpy"
+    texts = ["좋아요", "별로예요 정말", "배송 빠름", ""]
+    np.testing.assert_allclose(large.score_texts(texts).score, small.score_texts(texts).score, atol=1e-5, rtol=0,
+                               equal_nan=True)

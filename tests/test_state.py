@@ -239,6 +239,7 @@ def test_a_large_backlog_is_bounded_and_logged(engine: Engine, any_db_url: str,
     with caplog.at_level(logging.WARNING, logger="moderation.pipeline"):
         plan = pipeline.plan_run(any_db_url, "r", day(0), day(1), chunk_size=2, max_reviews=3)
     assert plan.reviews == 3 and [(c["low_id"], c["high_id"]) for c in plan.chunks] == [(1, 3), (3, 4)]
+    assert [c["rows"] for c in plan.chunks] == [2, 1]  # planned sizes: a scoring task picks NumPy or Keras by them
     assert "5 reviews need a score" in caplog.text and "the rest in later runs" in caplog.text
     assert night(any_db_url, 1, max_reviews=3)["reviews_read"] == 3
     assert night(any_db_url, 2, max_reviews=3)["reviews_read"] == 2  # the rest, the next night

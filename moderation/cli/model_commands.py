@@ -203,7 +203,7 @@ def _score_file(args: argparse.Namespace) -> int:
     chosen, point = _chosen_threshold(model_dir, args)  # an unknown point is refused before the file is read
     frame = read_table(args.input)
     require_text_column(frame, str(args.input))
-    scorer = load_scorer(model_dir, batch_size=args.batch_size, threshold=chosen)
+    scorer = load_scorer(model_dir, batch_size=args.batch_size, threshold=chosen, rows=len(frame))
     with progress("scoring", len(frame), enabled=wanted(args.progress)) as done:
         result = scorer.score_texts(frame[TEXT_COLUMN], done)
     out = frame.reset_index(drop=True).join(result.to_frame())
@@ -224,7 +224,7 @@ def _score_file(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from moderation.scoring import load_scorer, prefix_trace
 
-    if sys.stderr.isatty():  # loading TensorFlow and the model takes a while: say so
+    if sys.stderr.isatty():  # loading the model can take a while (TensorFlow's import, where Keras scores): say so
         print("loading the model ...", file=sys.stderr, flush=True)
     model_dir = _model_dir(args.model)
     chosen, point = _chosen_threshold(model_dir, args)

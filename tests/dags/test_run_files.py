@@ -63,6 +63,7 @@ def test_plan_without_a_chunk_size_sizes_chunks_from_the_backlog(engine: Engine,
     add_reviews(engine, range(1, 8))
     plan = pipeline.plan_run(any_db_url, "r", DAY0, DAY0 + timedelta(days=1), chunk_size=None, scoring_slots=3)
     assert [(c["low_id"], c["high_id"]) for c in plan.chunks] == [(1, 4), (4, 7), (7, None)]
+    assert [c["rows"] for c in plan.chunks] == [3, 3, 1]
     with pytest.raises(Exception, match="scoring slots must be a whole number"):
         pipeline.plan_run(any_db_url, "r", DAY0, DAY0 + timedelta(days=1), chunk_size=None, scoring_slots=0)
 
