@@ -180,8 +180,8 @@ def plan_scoring(backend: str, gpus: Sequence[str], env: Mapping[str, str], cpus
 
 
 #: Most reviews one process scores on NumPy when the engine is ``auto``. NumPy skips TensorFlow's import
-#: (2-3 s with compiled bytecode, 6-7 s without) but computes a character about 1.45x slower than the
-#: fused kernel (218,361 texts, 2 threads: 4.2 s against 2.7 s), so past a few hundred thousand reviews
+#: (2-3 s with compiled bytecode, 6-7 s without) but computes a character about 1.35x slower than the
+#: fused kernel (218,361 texts, 2 threads: 3.6 s against 2.7 s), so past a few hundred thousand reviews
 #: the import pays for itself: a 1,000,000-review night in two 500,000-review tasks took 38.0 s on
 #: Keras and 45-47 s on NumPy under the scheduler, `score-file` on 218,361 texts the other way round.
 NUMPY_MAX_ROWS = 300_000
