@@ -256,7 +256,8 @@ def check_claims(site: dict[str, Any], new_browser: Callable[[], Any]) -> None:
     wait_for(lee, lambda s: css(s, "#claim-button"), "the lapsed claim shown as free")
     assert "free" in css(lee, "#claim")[0].text
     css(lee, "#claim-button")[0].click()
-    wait_for(lee, lambda s: "yours until" in css(s, "#claim")[0].text, "lee holding the item")
+    # While the claim's post and redirect load, the page may have no #claim yet: that is "not yet" too.
+    wait_for(lee, lambda s: any("yours until" in e.text for e in css(s, "#claim")), "lee holding the item")
     assert queue_row(site["url"], first)["claimed_by"] == "lee"
     kim.refresh()
     assert "taken by lee" in css(kim, "#taken")[0].text and css(kim, "#decide-form") == []
