@@ -43,31 +43,10 @@ def unsupported_reason(model: Any) -> str | None:
 
     if not hasattr(tf.raw_ops, "BlockLSTMV2"):
         return "this TensorFlow has no BlockLSTMV2 kernel"
-    layers = list(getattr(model, "layers", []))
-    kinds = [type(layer).__name__ for layer in layers]
-    if kinds != ["Embedding", "LSTM", "LSTM", "Dense"]:
-        return f"layers are {kinds}, not Embedding, LSTM, LSTM, Dense"
-    embedding, first, second, dense = layers
-    if not embedding.mask_zero:
-        return "the embedding does not mask id 0"
-    for lstm, sequences in ((first, True), (second, False)):
-        cell = lstm.cell
-        settings = {
-            "activation": keras.activations.serialize(cell.activation),
-            "recurrent_activation": keras.activations.serialize(cell.recurrent_activation),
-            "use_bias": cell.use_bias, "return_sequences": lstm.return_sequences,
-            "return_state": lstm.return_state, "go_backwards": lstm.go_backwards,
-            "stateful": lstm.stateful, "unroll": lstm.unroll,
-        }
-        expected = {"activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True,
-                    "return_sequences": sequences, "return_state": False, "go_backwards": False,
-                    "stateful": False, "unroll": False}
-        different = {k: v for k, v in settings.items() if v != expected[k]}
-        if different:
-            return f"LSTM {lstm.name} differs from the seed network: {different}"
-    if dense.units != 1 or keras.activations.serialize(dense.activation) != "sigmoid" or not dense.use_bias:
-        return "the output layer is not Dense(1, sigmoid) with a bias"
-    return None
+    from moderation import numpy_lstm
+
+    # The architecture conditions are the NumPy pass's, read from the model's saved form.
+    return numpy_lstm.unsupported_reason(keras.saving.serialize_keras_object(model))
 
 
 def build_fused_forward(model: Any) -> Callable[[Any], Any]:

@@ -104,9 +104,9 @@ class SeedWeights:
 def unsupported_reason(config: Mapping[str, Any]) -> str | None:
     """Why a saved model (its ``config.json``) is not the seed network this pass computes; None when it is.
 
-    The same conditions as :func:`moderation.fused_lstm.unsupported_reason`,
-    read from the saved architecture instead of live layers, plus float32
-    everywhere (a mixed-precision model computes something else).
+    The one place these conditions live: :func:`moderation.fused_lstm.unsupported_reason`
+    applies them to a live model through its serialized form. Float32
+    everywhere is one of them (a mixed-precision model computes something else).
     """
     if config.get("class_name") != "Sequential":
         return f"the model is a {config.get('class_name')}, not a Sequential"

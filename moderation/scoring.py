@@ -153,6 +153,14 @@ class ScoringPlan:
                 + (", next slice prepared in the background" if self.prefetch else ""))
 
 
+def device_choice(env: Mapping[str, str]) -> str:
+    """``MODERATION_SCORING_DEVICE``: ``auto`` (default), ``cpu`` or ``gpu``."""
+    choice = (env.get(DEVICE_ENV, "") or "auto").strip().lower()
+    if choice not in {"auto", "cpu", "gpu"}:
+        raise SettingError(f"{DEVICE_ENV} must be auto, cpu or gpu, got {env.get(DEVICE_ENV)!r}")
+    return choice
+
+
 def plan_scoring(backend: str, gpus: Sequence[str], env: Mapping[str, str], cpus: int = 1) -> ScoringPlan:
     """The scoring plan for a Keras backend, the GPUs it sees and the environment; no side effects.
 
@@ -160,9 +168,7 @@ def plan_scoring(backend: str, gpus: Sequence[str], env: Mapping[str, str], cpus
     ``=gpu`` without a visible GPU is an error rather than a silent CPU run.
     The CPU plan is the one measured in docs/performance.md, unchanged.
     """
-    choice = (env.get(DEVICE_ENV, "") or "auto").strip().lower()
-    if choice not in {"auto", "cpu", "gpu"}:
-        raise SettingError(f"{DEVICE_ENV} must be auto, cpu or gpu, got {env.get(DEVICE_ENV)!r}")
+    choice = device_choice(env)
     if choice == "gpu" and not gpus:
         raise SettingError(f"{DEVICE_ENV}=gpu but Keras' {backend} backend sees no GPU")
     on_gpu = bool(gpus) and choice != "cpu"
@@ -201,10 +207,7 @@ def numpy_plan(env: Mapping[str, str], cpus: int = 1, rows: int | None = None) -
     """
     from moderation.numpy_lstm import engine_choice
 
-    engine = engine_choice(env)
-    device = (env.get(DEVICE_ENV, "") or "auto").strip().lower()
-    if device not in {"auto", "cpu", "gpu"}:
-        raise SettingError(f"{DEVICE_ENV} must be auto, cpu or gpu, got {env.get(DEVICE_ENV)!r}")
+    engine, device = engine_choice(env), device_choice(env)
     if engine == "numpy" and device == "gpu":
         raise SettingError(f"{ENGINE_ENV}=numpy runs on the CPU, but {DEVICE_ENV}=gpu asks for a GPU")
     if engine == "keras" or device == "gpu" or (device == "auto" and engine == "auto" and accelerator_present()):
@@ -333,7 +336,9 @@ def configure_inference_threads(workers: int | None = None) -> bool:
 
 def keras_fallback_plan(version: str, reason: str | None) -> ScoringPlan:
     """Keras' plan for a model NumPy cannot score; an error where ``MODERATION_SCORING_ENGINE=numpy`` insisted."""
-    if os.environ.get(ENGINE_ENV, "").strip().lower() == "numpy":
+    from moderation.numpy_lstm import engine_choice
+
+    if engine_choice() == "numpy":
         raise SettingError(f"{ENGINE_ENV}=numpy cannot score model {version}: {reason}")
     log.info("scoring with Keras: NumPy cannot score model %s (%s)", version, reason)
     return current_plan({**os.environ, ENGINE_ENV: "keras"})
