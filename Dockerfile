@@ -25,11 +25,16 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     UV_COMPILE_BYTECODE=1 \
     UV_PYTHON_DOWNLOADS=never
 
-RUN python -m pip install "uv==${UV_VERSION}" \
+# A C compiler for the package's one extension (moderation/_lstm_cell.c, the LSTM step NumPy scores with);
+# only this stage has it: the runtime copies the built virtualenv.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && python -m pip install "uv==${UV_VERSION}" \
  && uv venv --python /usr/local/bin/python3.11 /opt/venv
 
 WORKDIR /src
-COPY pyproject.toml constraints.txt constraints-gpu.txt README.md ./
+COPY pyproject.toml setup.py constraints.txt constraints-gpu.txt README.md ./
 COPY moderation/ ./moderation/
 # Package data of the wheel (pyproject.toml): the shipped model and the PostgreSQL DDL.
 COPY models/ko-char-lstm-v3/ ./models/ko-char-lstm-v3/
@@ -97,10 +102,11 @@ FROM runtime-base AS runtime-gpu
 ENV TF_FORCE_GPU_ALLOW_GROWTH=true
 COPY --from=build-gpu /opt/venv /opt/venv
 
-# Fail the build, not the first night, when the console script, the model or the CUDA build is broken.
-# (Building needs no GPU: TensorFlow reports the CUDA build and falls back to the CPU.)
+# Fail the build, not the first night, when the console script, the model, the compiled LSTM step or the CUDA
+# build is broken. (Building needs no GPU: TensorFlow reports the CUDA build and falls back to the CPU.)
 RUN moderation --version \
  && python -c "from moderation.model import verify_bundle; from moderation import config; verify_bundle(config.default_model_dir())" \
+ && python -c "from moderation import numpy_lstm as n; assert n.compiled_cell(), n.compiled_cell_problem()" \
  && python -c "import tensorflow as tf; assert tf.test.is_built_with_cuda(), 'TensorFlow without CUDA in the GPU image'"
 
 ############################ runtime: the default target (CPU) ############################
@@ -108,6 +114,7 @@ FROM runtime-base AS runtime
 
 COPY --from=build /opt/venv /opt/venv
 
-# Fail the build, not the first night, when the console script or the model is broken.
+# Fail the build, not the first night, when the console script, the model or the compiled LSTM step is broken.
 RUN moderation --version \
- && python -c "from moderation.model import verify_bundle; from moderation import config; verify_bundle(config.default_model_dir())"
+ && python -c "from moderation.model import verify_bundle; from moderation import config; verify_bundle(config.default_model_dir())" \
+ && python -c "from moderation import numpy_lstm as n; assert n.compiled_cell(), n.compiled_cell_problem()"

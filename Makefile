@@ -13,7 +13,7 @@ GPU_STAMP := $(GPU_VENV)/.installed
 
 # Bytecode compiled at install, as pip does by default: where PYTHONDONTWRITEBYTECODE is set (as in the image), every
 # process would otherwise compile TensorFlow's, Keras' and Airflow's sources again (seconds per process).
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt setup.py moderation/_lstm_cell.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip uv
 	$(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -c constraints.txt -e '.[cpu,test]'
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 ## TensorFlow built with CUDA (several GB of NVIDIA wheels) into .venv-gpu; runs on CPU-only machines too.
-$(GPU_STAMP): pyproject.toml constraints-gpu.txt
+$(GPU_STAMP): pyproject.toml constraints-gpu.txt setup.py moderation/_lstm_cell.c
 	test -x $(GPU_PY) || $(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_PY) -m pip install -q --upgrade pip uv
 	$(GPU_VENV)/bin/uv pip install --python $(GPU_PY) --compile-bytecode -c constraints-gpu.txt -e '.[gpu,test]'

@@ -14,11 +14,13 @@ several batches are scored side by side, one per core
 the model is the seed network, its LSTMs run on TensorFlow's fused kernel
 (:mod:`moderation.fused_lstm`), which computes the same scores faster.
 
-On a CPU, a job of up to :data:`NUMPY_MAX_ROWS` reviews is scored without
-TensorFlow at all (:mod:`moderation.numpy_lstm`): NumPy computes the same
-scores, a character about 1.35x slower than the fused kernel, and the
-process skips TensorFlow's import (2-3 s, 6-7 s where bytecode is not
-compiled). Keras scores on the CPU when the job is larger, when asked to
+On a CPU, reviews are scored without TensorFlow at all
+(:mod:`moderation.numpy_lstm`): NumPy's BLAS multiplies, a compiled cell
+step (``moderation/_lstm_cell.c``) does the rest of each step, the scores
+are the same, and the process skips TensorFlow's import (2-3 s, 6-7 s where
+bytecode is not compiled). Where the cell step was not compiled, NumPy
+computes it too, slower than the fused kernel, and takes only jobs of up to
+:data:`NUMPY_MAX_ROWS` reviews. Keras scores on the CPU when asked to
 (``MODERATION_SCORING_ENGINE=keras``), when the model is not the seed
 network, or when the machine has an accelerator and Keras finds no GPU on it.
 
@@ -186,11 +188,13 @@ def plan_scoring(backend: str, gpus: Sequence[str], env: Mapping[str, str], cpus
                        prefetch=False, slice_rows=None, width_step=1, fixed_shapes=False)
 
 
-#: Most reviews one process scores on NumPy when the engine is ``auto``. NumPy skips TensorFlow's import
+#: Most reviews one process scores on NumPy when the engine is ``auto`` and the compiled cell step
+#: (:func:`moderation.numpy_lstm.compiled_cell`) is not built. NumPy alone skips TensorFlow's import
 #: (2-3 s with compiled bytecode, 6-7 s without) but computes a character about 1.35x slower than the
-#: fused kernel (218,361 texts, 2 threads: 3.6 s against 2.7 s), so past a few hundred thousand reviews
-#: the import pays for itself: a 1,000,000-review night in two 500,000-review tasks took 38.0 s on
-#: Keras and 45-47 s on NumPy under the scheduler, `score-file` on 218,361 texts the other way round.
+#: fused kernel on an AVX-512 CPU (218,361 texts, 2 threads: 3.6 s against 2.7 s) and far slower
+#: without AVX-512, where its tanh is not vectorised; so past a few hundred thousand reviews the import
+#: pays for itself. With the compiled step NumPy is the faster of the two at any size (218,361 texts on
+#: a 2-core AVX2 CPU: 8.6-9.1 s against the fused kernel's 11.2-12.2 s, imports aside) and takes every job.
 NUMPY_MAX_ROWS = 300_000
 
 
@@ -200,19 +204,19 @@ def numpy_plan(env: Mapping[str, str], cpus: int = 1, rows: int | None = None) -
     ``MODERATION_SCORING_ENGINE=keras`` or ``MODERATION_SCORING_DEVICE=gpu``
     leave the choice to Keras, and so does ``auto`` on a machine with an
     accelerator's device files (:func:`accelerator_present`): only Keras'
-    backend can say whether it can use that accelerator. ``auto`` also
-    leaves jobs of more than :data:`NUMPY_MAX_ROWS` ``rows`` to Keras (an
-    unknown size counts as small). ``engine=numpy`` with ``device=gpu`` is a
+    backend can say whether it can use that accelerator. Where the compiled
+    cell step is not built, ``auto`` also leaves jobs of more than
+    :data:`NUMPY_MAX_ROWS` ``rows`` to Keras (an unknown size counts as small). ``engine=numpy`` with ``device=gpu`` is a
     contradiction and an error.
     """
-    from moderation.numpy_lstm import engine_choice
+    from moderation.numpy_lstm import compiled_cell, engine_choice
 
     engine, device = engine_choice(env), device_choice(env)
     if engine == "numpy" and device == "gpu":
         raise SettingError(f"{ENGINE_ENV}=numpy runs on the CPU, but {DEVICE_ENV}=gpu asks for a GPU")
     if engine == "keras" or device == "gpu" or (device == "auto" and engine == "auto" and accelerator_present()):
         return None
-    if engine == "auto" and rows is not None and rows > NUMPY_MAX_ROWS:
+    if engine == "auto" and rows is not None and rows > NUMPY_MAX_ROWS and compiled_cell() is None:
         return None
     batch_rows = _positive_env(env, BATCH_ROWS_ENV) or DEFAULT_BATCH_SIZE
     # Slices, the next one cleaned and encoded by a background thread while this one is scored: cleaning
@@ -404,7 +408,8 @@ class Scorer:
         if numpy_weights is not None:
             from moderation.numpy_lstm import NumpySeedForward
 
-            forward = Forward(NumpySeedForward(numpy_weights), True, "NumPy LSTM")
+            numpy_forward = NumpySeedForward(numpy_weights)
+            forward = Forward(numpy_forward, True, numpy_forward.kind)
         else:
             forward = _compiled_forward(bundle.model, plan.fused if fused is None else fused)
         self._predict = forward.predict

@@ -38,7 +38,7 @@ def test_quick_benchmark_writes_every_section(tiny_model_dir: Path, sample_path:
     assert model["agreement"]["rows_compared"] > 0
     assert {r["batch_size"] for r in model["scorer"]} == {256, 512, 1024, 2048}
     assert model["best_scorer"] in model["scorer"]
-    assert model["forward"] == {"Scorer": "NumPy LSTM", "Scorer, fused LSTM kernel": "fused LSTM kernel",
+    assert model["forward"] == {"Scorer": "NumPy LSTM, cell step in C", "Scorer, fused LSTM kernel": "fused LSTM kernel",
                                 "Scorer, Keras layers": "Keras layers"}
     assert len(model["agreement"]["scorers_checked"]) == 6  # four batch sizes, the fused kernel, the Keras layers
     assert [r["method"] for r in model["seeds_variants"]] == ["seeds (pad 100)", "seeds (pad 100), TF default threads"]

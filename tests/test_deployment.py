@@ -451,6 +451,13 @@ def test_dockerfile_builds_from_python_slim_with_the_lock_file() -> None:
     assert 'uv pip install --python "$python" --compile-bytecode -c "$lock" "${src}[${extras}]"' in script
     assert "PYTHONDONTWRITEBYTECODE=1" in DOCKERFILE.read_text(encoding="utf-8")
     assert 'uv pip check --python "$python"' in script and "comm -23" in script
+    # setup.py builds the compiled LSTM step: the build stage has the file and a compiler, each runtime proves the step loads.
+    base = resolved_stage(instructions, "build-base")
+    assert any(ins == "COPY" and "setup.py" in args.split() for ins, args in base), "setup.py must reach the build"
+    assert any(ins == "RUN" and "gcc" in args.split() for ins, args in base), "the build stage needs a C compiler"
+    for target in ("runtime", "runtime-gpu"):
+        checks = " ".join(args for ins, args in stages[target][1] if ins == "RUN")
+        assert "compiled_cell()" in checks, f"{target} must check that the compiled LSTM step loads"
     assert subprocess.run(["bash", "-n", str(INSTALL_SCRIPT)], check=False).returncode == 0
 
 
@@ -538,6 +545,9 @@ def test_tensorflow_comes_from_exactly_one_extra() -> None:
     assert "-c constraints-gpu.txt -e '.[gpu,test]'" in makefile and "GPU_VENV := .venv-gpu" in makefile
     assert re.search(r"^install-gpu: \$\(GPU_STAMP\)$", makefile, re.M)
     assert makefile.count("uv pip install") == makefile.count("--compile-bytecode") == 2  # as pip would: compiled once
+    # A changed C step or setup.py reinstalls (and so recompiles) the package.
+    assert re.search(r"^\$\(STAMP\): .*setup\.py moderation/_lstm_cell\.c", makefile, re.M)
+    assert re.search(r"^\$\(GPU_STAMP\): .*setup\.py moderation/_lstm_cell\.c", makefile, re.M)
     assert ".venv-gpu" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
 
 

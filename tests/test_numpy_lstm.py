@@ -50,8 +50,16 @@ def test_weights_read_without_keras_are_the_keras_models_own(bundle: ModelBundle
         np.testing.assert_array_equal(getattr(from_archive, name), getattr(from_keras, name), err_msg=name)
 
 
-def test_numpy_pass_equals_the_keras_layers(bundle: ModelBundle) -> None:
-    forward = NumpySeedForward(read_seed_weights(bundle.path / MODEL_FILE)[0])
+def test_this_install_built_the_compiled_cell_step() -> None:
+    """`make install` (and the image's install) compile moderation/_lstm_cell.c; a silent build failure would only show as a slow night."""
+    assert numpy_lstm.compiled_cell() is not None, numpy_lstm.compiled_cell_problem()
+    assert numpy_lstm.compiled_cell_problem() is None
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["cell step in C", "all NumPy"])
+def test_numpy_pass_equals_the_keras_layers(bundle: ModelBundle, compiled: bool) -> None:
+    forward = NumpySeedForward(read_seed_weights(bundle.path / MODEL_FILE)[0], compiled=compiled)
+    assert forward.kind == ("NumPy LSTM, cell step in C" if compiled else "NumPy LSTM")
     rng = np.random.default_rng(11)
     for rows, width in [(1, 1), (1, 40), (5, 1), (33, 17), (256, 120)]:
         ids = _right_padded(rng, rows, width, bundle.vocab.size)
@@ -64,8 +72,17 @@ def test_numpy_pass_equals_the_keras_layers(bundle: ModelBundle) -> None:
         forward(np.zeros(3, dtype=np.int32))
 
 
-def test_threads_sharing_one_pass_get_their_own_answers(bundle: ModelBundle) -> None:
-    forward = NumpySeedForward(read_seed_weights(bundle.path / MODEL_FILE)[0])
+def test_ids_outside_the_vocabulary_are_refused_not_read_out_of_bounds(bundle: ModelBundle) -> None:
+    forward = NumpySeedForward(read_seed_weights(bundle.path / MODEL_FILE)[0], compiled=True)
+    for bad in (bundle.vocab.size, -1):
+        ids = np.array([[1, 2, bad]], dtype=np.int32)
+        with pytest.raises((ValueError, IndexError)):
+            forward(ids)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["cell step in C", "all NumPy"])
+def test_threads_sharing_one_pass_get_their_own_answers(bundle: ModelBundle, compiled: bool) -> None:
+    forward = NumpySeedForward(read_seed_weights(bundle.path / MODEL_FILE)[0], compiled=compiled)
     batches = [_right_padded(np.random.default_rng(seed), 64, 30, bundle.vocab.size) for seed in range(8)]
     expected = [forward(ids) for ids in batches]
     got: dict[int, np.ndarray] = {}
@@ -86,7 +103,7 @@ def test_shipped_model_scores_real_reviews_as_keras_does(sample_path: Path, monk
     """The shipped model on 6,012 real reviews: every score within 1e-5, every flag the same."""
     texts = pd.read_parquet(sample_path)["text"]
     on_numpy = load_scorer(config.default_model_dir())
-    assert on_numpy.forward_kind == "NumPy LSTM" and on_numpy.plan.engine == "numpy"
+    assert on_numpy.forward_kind == "NumPy LSTM, cell step in C" and on_numpy.plan.engine == "numpy"
     monkeypatch.setenv(ENGINE_ENV, "keras")
     on_keras = load_scorer(config.default_model_dir())
     assert on_keras.forward_kind == "fused LSTM kernel"
@@ -96,6 +113,9 @@ def test_shipped_model_scores_real_reviews_as_keras_does(sample_path: Path, monk
     near = np.abs(theirs.score - on_keras.threshold) < 1e-5
     assert np.array_equal(ours.flagged[~near], theirs.flagged[~near])
     pd.testing.assert_series_equal(ours.skip_reason, theirs.skip_reason)
+    all_numpy = NumpySeedForward(on_numpy.bundle.seed_weights, compiled=False)
+    on_numpy._predict = all_numpy  # the same batches through the NumPy cell step
+    np.testing.assert_allclose(on_numpy.score_texts(texts).score, ours.score, atol=1e-5, rtol=0, equal_nan=True)
 
 
 def test_a_bundle_loaded_without_keras_imports_it_only_when_asked(tiny_model_dir: Path) -> None:
@@ -179,10 +199,15 @@ def test_the_plan_needs_no_keras_unless_the_environment_or_an_accelerator_asks(t
     with pytest.raises(SettingError, match=ENGINE_ENV):
         numpy_plan({ENGINE_ENV: "onnx"}, cpus=2)
 
-    # A large job pays TensorFlow's import back with the faster fused kernel; a forced engine is kept.
-    assert numpy_plan({}, cpus=2, rows=NUMPY_MAX_ROWS) is not None
-    assert numpy_plan({}, cpus=2, rows=NUMPY_MAX_ROWS + 1) is None
-    assert numpy_plan({ENGINE_ENV: "numpy"}, cpus=2, rows=10 * NUMPY_MAX_ROWS) is not None
+    # With the compiled cell step NumPy takes any job. Without it, a large job pays TensorFlow's import back
+    # with the faster fused kernel; a forced engine is kept.
+    assert numpy_plan({}, cpus=2, rows=10 * NUMPY_MAX_ROWS) is not None
+    with monkeypatch.context() as without_step:
+        without_step.setattr(numpy_lstm, "_CELL_LIBRARY", [])
+        without_step.setattr(numpy_lstm, "_CELL_PROBLEM", ["moderation/_lstm_cell.c was not compiled"])
+        assert numpy_plan({}, cpus=2, rows=NUMPY_MAX_ROWS) is not None
+        assert numpy_plan({}, cpus=2, rows=NUMPY_MAX_ROWS + 1) is None
+        assert numpy_plan({ENGINE_ENV: "numpy"}, cpus=2, rows=10 * NUMPY_MAX_ROWS) is not None
 
     (tmp_path / "nvidia0").touch()  # an accelerator's device file: only Keras' backend can tell if it is usable
     assert accelerator_present((str(tmp_path / "nvidia[0-9]*"),))
@@ -202,7 +227,8 @@ print(json.dumps({"kind": scorer.forward_kind, "scored": int((scores == scores).
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine, kind, imported", [("", "NumPy LSTM", False), ("keras", "fused LSTM kernel", True)])
+@pytest.mark.parametrize("engine, kind, imported", [("", "NumPy LSTM, cell step in C", False),
+                                                         ("keras", "fused LSTM kernel", True)])
 def test_a_fresh_scoring_process_imports_tensorflow_only_on_keras_plan(tiny_model_dir: Path, engine: str, kind: str,
                                                                         imported: bool) -> None:
     env = {**os.environ, ENGINE_ENV: engine, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -216,14 +242,19 @@ def test_a_fresh_scoring_process_imports_tensorflow_only_on_keras_plan(tiny_mode
     assert report == {"kind": kind, "scored": 2, "tensorflow": imported, "keras": imported}
 
 
-def test_a_job_larger_than_numpy_max_rows_is_scored_on_keras(tiny_model_dir: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_compiled_step_a_job_larger_than_numpy_max_rows_is_scored_on_keras(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENGINE_ENV, raising=False)
+    with_step = load_scorer(tiny_model_dir, rows=NUMPY_MAX_ROWS + 1)
+    monkeypatch.setattr(numpy_lstm, "_CELL_LIBRARY", [])  # an install without a C compiler
+    monkeypatch.setattr(numpy_lstm, "_CELL_PROBLEM", ["moderation/_lstm_cell.c was not compiled"])
     large = load_scorer(tiny_model_dir, rows=NUMPY_MAX_ROWS + 1)
     small = load_scorer(tiny_model_dir, rows=NUMPY_MAX_ROWS)
     assert large.plan.engine == "keras" and large.forward_kind in {"fused LSTM kernel", "Keras layers"}
     if not accelerator_present():
-        assert small.plan.engine == "numpy"
+        assert with_step.plan.engine == "numpy" and with_step.forward_kind == "NumPy LSTM, cell step in C"
+        assert small.plan.engine == "numpy" and small.forward_kind == "NumPy LSTM"
     texts = ["좋아요", "별로예요 정말", "배송 빠름", ""]
-    np.testing.assert_allclose(large.score_texts(texts).score, small.score_texts(texts).score, atol=1e-5, rtol=0,
-                               equal_nan=True)
+    for scorer in (small, with_step):
+        np.testing.assert_allclose(large.score_texts(texts).score, scorer.score_texts(texts).score, atol=1e-5,
+                                   rtol=0, equal_nan=True)

@@ -69,6 +69,7 @@ def test_wheel_carries_the_package_and_its_data_but_not_the_tooling(wheel: Path)
             "moderation/migrations/versions/0001_baseline.py", "moderation/cli/__init__.py"} <= names
     assert not [n for n in names if "bench" in n or "demo" in n or "shop_reviews" in n]
     assert not [n for n in names if "ko-char-lstm-v1" in n or n.endswith(".png")]
+    assert [n for n in names if n.startswith("moderation/_lstm_cell.") and n.endswith(".so")], "the compiled LSTM step"
 
 
 @pytest.mark.slow
@@ -78,14 +79,16 @@ def test_installed_wheel_predicts_migrates_and_scores_outside_the_checkout(
     moderation = str(venv / "bin" / "moderation")
 
     where = json.loads(run([str(venv / "bin" / "python"), "-c",
-                            "import json; from moderation import config, sql_files; print(json.dumps({"
+                            "import json; from moderation import config, numpy_lstm, sql_files; print(json.dumps({"
                             "'package': str(config.PACKAGE_DIR), 'model': str(config.default_model_dir()), "
-                            "'data': str(config.data_dir()), 'sql': str(sql_files.sql_dir())}))"],
+                            "'data': str(config.data_dir()), 'sql': str(sql_files.sql_dir()), "
+                           "'cell': numpy_lstm.compiled_cell_problem()}))"],
                            cwd=tmp_path, env=env).stdout)
     assert not Path(where["package"]).is_relative_to(ROOT) and Path(where["package"]).is_relative_to(venv)
     assert Path(where["model"]).is_relative_to(Path(where["package"]))
     assert Path(where["sql"]).is_relative_to(Path(where["package"]))
     assert Path(where["data"]) == Path(env["HOME"]) / ".local" / "share" / "review-moderation"
+    assert where["cell"] is None  # the compiled LSTM step loads from the installed wheel
 
     predicted = run([moderation, "predict", "배송이 너무 느려요"], cwd=tmp_path, env=env).stdout
     assert "배송이 너무 느려요" in predicted
