@@ -55,7 +55,7 @@ def clean_texts(texts: Iterable[str | None] | pd.Series | pa.Array) -> pd.Series
     column joined into one string.
     """
     array = _as_string_array(texts)
-    array = pc.utf8_normalize(array, form="NFC")
+    array = _nfc(array)
     array = pc.utf8_lower(array)
     # Zero-width and direction marks sit inside words: delete, do not split.
     array = pc.replace_substring_regex(array, r"\p{Cf}", "")
@@ -68,19 +68,46 @@ def clean_texts(texts: Iterable[str | None] | pd.Series | pa.Array) -> pd.Series
     array = pc.replace_substring_regex(array, _DROP, " ")
     array = pc.replace_substring_regex(array, " {2,}", " ")
     array = pc.utf8_trim_whitespace(array)
-    return pd.Series(_squeeze_repeats(array), dtype=pd.StringDtype("pyarrow"), index=_index_of(texts))
+    squeezed = pa.array(_squeeze_repeats(array), type=pa.large_string())
+    return pd.Series(squeezed, dtype=pd.StringDtype("pyarrow"), index=_index_of(texts))
+
+
+#: Rows made only of these characters are already in NFC: ASCII and precomposed syllables have no
+#: canonical decomposition to redo, and nothing here combines with what follows it.
+_NFC_STABLE = "[^\x00-\x7f가-힣ㄱ-ㆎ]"
+
+
+def _nfc(array: pa.Array) -> pa.Array:
+    """Unicode NFC, computed only for the rows that could change (most reviews are plain syllables)."""
+    unstable = pc.fill_null(pc.match_substring_regex(array, _NFC_STABLE), False)
+    if not pc.any(unstable).as_py():
+        return array
+    normalized = pc.utf8_normalize(array.filter(unstable), form="NFC")
+    return pc.replace_with_mask(array, unstable, normalized)
 
 
 def _squeeze_repeats(array: pa.Array) -> list[str | None]:
     """Runs of one character longer than three cut to three, over the whole column at once.
 
     Rows are joined with newlines, which cleaning has already turned into
-    spaces and which ``.`` never matches, so no run crosses two rows.
+    spaces, so no run crosses two rows. The runs are found by comparing
+    code points in NumPy; only when there are some does a character go.
     """
     values = pc.fill_null(array, "").to_pylist()
-    squeezed = _REPEAT.sub(r"\1\1\1", "\n".join(values)).split("\n")
-    if len(squeezed) != len(values):  # impossible after cleaning; never misalign rows if it happens
-        squeezed = [_REPEAT.sub(r"\1\1\1", v) for v in values]
+    joined = "\n".join(values)
+    points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    same = points[3:] == points[:-3]
+    same &= points[3:] == points[1:-2]
+    same &= points[3:] == points[2:-1]
+    same &= points[3:] != ord("\n")
+    if same.any():  # a character that is the fourth (or later) of a run goes
+        keep = np.ones(len(points), dtype=bool)
+        keep[3:] = ~same
+        squeezed = points[keep].tobytes().decode("utf-32-le").split("\n")
+        if len(squeezed) != len(values):  # impossible after cleaning; never misalign rows if it happens
+            squeezed = [_REPEAT.sub(r"\1\1\1", v) for v in values]
+    else:
+        squeezed = values
     valid = array.is_valid().to_numpy(zero_copy_only=False)
     return [v if ok else None for v, ok in zip(squeezed, valid)]
 
@@ -109,18 +136,44 @@ def _index_of(texts: object) -> pd.Index | None:
 
 
 def _as_string_array(texts: Iterable[str | None] | pd.Series | pa.Array) -> pa.Array:
+    if isinstance(texts, pd.Series) and _holds_arrow_strings(texts.dtype):
+        texts = pa.array(texts)  # already Arrow strings (pandas' own str dtype): valid UTF-8, no surrogates
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     if isinstance(texts, pa.Array):
         array = texts
     else:
         values = texts.tolist() if isinstance(texts, pd.Series) else list(texts)
-        array = pa.array([_to_text(v) for v in values], type=pa.large_string())
+        array = _plain_strings(values)
+        if array is None:
+            array = pa.array([_to_text(v) for v in values], type=pa.large_string())
     if pa.types.is_null(array.type):
         array = array.cast(pa.large_string())
     if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         raise TypeError(f"review texts must be strings, got {array.type}")
     return array.cast(pa.large_string())
+
+
+def _holds_arrow_strings(dtype: object) -> bool:
+    if isinstance(dtype, pd.StringDtype):
+        return dtype.storage == "pyarrow"
+    if isinstance(dtype, pd.ArrowDtype):
+        return pa.types.is_string(dtype.pyarrow_dtype) or pa.types.is_large_string(dtype.pyarrow_dtype)
+    return False
+
+
+def _plain_strings(values: list[object]) -> pa.Array | None:
+    """The column in one Arrow call where it holds only str and missing values; None where a value needs a look.
+
+    Lone surrogates (which Arrow refuses) and values of other types go the
+    slow way, value by value, to be scrubbed or reported.
+    """
+    if pd.api.types.infer_dtype(values, skipna=True) not in {"string", "empty"}:
+        return None
+    try:
+        return pa.array(values, type=pa.large_string(), from_pandas=True)
+    except (pa.ArrowException, UnicodeError, TypeError, ValueError):
+        return None
 
 
 def _to_text(value: object) -> str | None:
