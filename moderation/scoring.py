@@ -354,25 +354,28 @@ def load_scorer(model_dir: str | os.PathLike[str], threshold: float | None = Non
     """A Scorer for a model directory on this process's plan, its threading set before the model loads.
 
     ``rows``, the reviews this process will score if known, chooses between
-    NumPy and Keras on the CPU (:data:`NUMPY_MAX_ROWS`).
+    NumPy and Keras on the CPU where the compiled cell step is not built
+    (:data:`NUMPY_MAX_ROWS`).
 
     On the NumPy plan a model that is not the seed network is scored by
     Keras instead (logged), unless ``MODERATION_SCORING_ENGINE=numpy`` asked
-    for NumPy: then it is an error that says why.
+    for NumPy: then it is an error that says why. The bundle read for NumPy
+    serves Keras too: its Keras model loads on first use, after the
+    threading is set.
     """
     plan = plan or current_plan(rows=rows)
+    bundle = None
     if plan.engine == "numpy":
         bundle = load_bundle(model_dir, with_keras=False)
-        if bundle.seed_weights is not None:
-            log.info("scoring plan: %s", plan.describe())
-            return Scorer(bundle, batch_size=batch_size, threshold=threshold, workers=workers, plan=plan)
-        plan = keras_fallback_plan(bundle.version, bundle.seed_weights_unusable)
+        if bundle.seed_weights is None:
+            plan = keras_fallback_plan(bundle.version, bundle.seed_weights_unusable)
     if plan.single_thread_ops:
         configure_inference_threads(workers or plan.workers)
     if plan.device == "gpu":
         use_full_precision(plan.backend)
     log.info("scoring plan: %s", plan.describe())
-    return Scorer(load_bundle(model_dir), batch_size=batch_size, threshold=threshold, workers=workers, plan=plan)
+    bundle = bundle or load_bundle(model_dir)
+    return Scorer(bundle, batch_size=batch_size, threshold=threshold, workers=workers, plan=plan)
 
 
 class Scorer:
