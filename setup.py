@@ -1,4 +1,4 @@
-"""The one compiled part of the package: the seed network's LSTM step (moderation/_lstm_cell.c).
+"""The one compiled part of the package: the seed network's LSTMs in C (moderation/_lstm_cell.c).
 
 Everything else is declared in pyproject.toml. The extension is optional: on a
 machine without a C compiler the install still succeeds and NumPy computes the

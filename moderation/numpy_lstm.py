@@ -33,7 +33,13 @@ How it is fast:
   instead of a dozen NumPy passes; NumPy's float32 ``tanh`` is vectorised
   only on CPUs with AVX-512 and otherwise takes over half of a step. Where
   the C step was not built, NumPy does the same work itself;
-* NumPy's matrix products and the C step release the GIL, so two batches
+* where the CPU has AVX2 and FMA, the whole pass is one call of C
+  (:func:`compiled_forward`): a block of six rows runs through all of its
+  steps with its state and gates in the L1 cache and the weights in L2,
+  instead of every step streaming gate buffers of all rows through memory
+  and paying a BLAS call; twice as fast again as NumPy's products with the
+  C step;
+* NumPy's matrix products and the C code release the GIL, so two batches
   run side by side on two cores when BLAS itself is kept to one thread
   (:func:`single_threaded_blas`).
 
@@ -204,14 +210,13 @@ class NumpySeedForward:
     (:func:`compiled_cell`), False never does, True insists on it.
     """
 
-    def __init__(self, weights: SeedWeights, compiled: bool | None = None):
+    def __init__(self, weights: SeedWeights, compiled: bool | None = None, fused: bool | None = None):
         problem = weights.shape_problem()
         if problem:
             raise ValueError(f"not a seed network: {problem}")
         self.cell = None if compiled is False else compiled_cell()
         if compiled and self.cell is None:
             raise RuntimeError(f"the compiled LSTM step is not available: {compiled_cell_problem()}")
-        self.kind = "NumPy LSTM, cell step in C" if self.cell is not None else "NumPy LSTM"
         self.units1 = units1 = weights.lstm1_recurrent.shape[0]
         self.units2 = units2 = weights.lstm2_recurrent.shape[0]
         order1, order2 = _sigmoid_gates_first(units1), _sigmoid_gates_first(units2)
@@ -226,6 +231,13 @@ class NumpySeedForward:
         self.bias2 = np.ascontiguousarray(weights.lstm2_bias[order2] * scale2, dtype=np.float32)
         self.dense_kernel = weights.dense_kernel.astype(np.float32)
         self.dense_bias = weights.dense_bias.astype(np.float32)
+        self.fused = None
+        if self.cell is not None and fused is not False:
+            self.fused = compiled_forward(units1, units2)
+        if fused and self.fused is None:
+            raise RuntimeError("the compiled forward pass is not available: it needs AVX2 and FMA and LSTM widths "
+                               "that are multiples of 8 up to 256")
+        self.kind = FUSED_KIND if self.fused is not None else STEP_KIND if self.cell is not None else NUMPY_KIND
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids)
@@ -236,13 +248,37 @@ class NumpySeedForward:
             return np.empty(0, dtype=np.float64)
         lengths = np.count_nonzero(ids, axis=1)
         order = np.argsort(-lengths, kind="stable")  # longest first: running rows are a prefix
-        steps = np.ascontiguousarray(ids[order].T)  # time-major [width, rows], each step's ids contiguous
-        running = np.searchsorted(-lengths[order], -np.arange(width), side="left")  # rows with length > t
-        last = self._run(steps, running[running > 0], rows)
+        if self.fused is not None:
+            last = self._run_fused(ids[order], lengths[order])
+        else:
+            steps = np.ascontiguousarray(ids[order].T)  # time-major [width, rows], each step's ids contiguous
+            running = np.searchsorted(-lengths[order], -np.arange(width), side="left")  # rows with length > t
+            last = self._run(steps, running[running > 0], rows)
         logits = (last @ self.dense_kernel).reshape(-1) + self.dense_bias[0]
         scores = np.empty(rows, dtype=np.float64)
         scores[order] = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
         return scores
+
+    def _run_fused(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Both LSTMs in one call of compiled C (``lstm_forward``): rows sorted by length, each block of rows
+        through all its steps with its state in the L1 cache; returns layer 2's state at each row's last step."""
+        ids = self._checked_ids(ids)
+        rows, width = ids.shape
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        last = np.empty((rows, self.units2), dtype=np.float32)
+        status = self.fused(rows, width, ids.ctypes.data, lengths.ctypes.data, self.table1.ctypes.data,
+                            self.recurrent1.ctypes.data, self.kernel2.ctypes.data, self.bias2.ctypes.data,
+                            self.units1, self.units2, last.ctypes.data)
+        if status != 0:
+            raise RuntimeError("the compiled forward pass refused these weights")
+        return last
+
+    def _checked_ids(self, ids: np.ndarray) -> np.ndarray:
+        """``ids`` as contiguous int32, every one a row of the input projection (C reads them unchecked)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        if ids.size and (int(ids.max()) >= len(self.table1) or int(ids.min()) < 0):
+            raise ValueError(f"ids must lie in 0..{len(self.table1) - 1}, the model's vocabulary")
+        return ids
 
     def _run(self, steps: np.ndarray, running: np.ndarray, rows: int) -> np.ndarray:
         """Both LSTMs, step by step together; returns layer 2's state at each row's last step.
@@ -282,9 +318,7 @@ class NumpySeedForward:
                       cell2: np.ndarray, gates1: np.ndarray, gates2: np.ndarray) -> None:
         """The step loop with the cell updates in C: the gather of layer 1's input projection happens there too."""
         units1, units2 = self.units1, self.units2
-        ids = np.ascontiguousarray(steps, dtype=np.int32)
-        if len(ids) and (int(ids.max()) >= len(self.table1) or int(ids.min()) < 0):
-            raise ValueError(f"ids must lie in 0..{len(self.table1) - 1}, the model's vocabulary")
+        ids = self._checked_ids(steps)
         step = self.cell
         stride = states.shape[1]
         hidden1, hidden2 = states.ctypes.data, states.ctypes.data + units1 * states.itemsize
@@ -310,16 +344,17 @@ class NumpySeedForward:
         hidden *= gates[:, 2 * units : 3 * units]  # output
 
 
-_CELL_LIBRARY: list[Any] = []  # the loaded step, once per process
+#: ``NumpySeedForward.kind``: both LSTMs in compiled C; NumPy's matrix products with the C cell step; NumPy alone.
+FUSED_KIND = "LSTM forward pass in C"
+STEP_KIND = "NumPy LSTM, cell step in C"
+NUMPY_KIND = "NumPy LSTM"
+
+_CELL_LIBRARY: list[Any] = []  # the loaded library's two functions (step, forward pass), once per process
 _CELL_PROBLEM: list[str] = []
 
 
-def compiled_cell() -> Callable[..., None] | None:
-    """The C cell step (``moderation/_lstm_cell.c``) as a ctypes function, or None where it is not built.
-
-    Loaded once per process. ctypes releases the GIL during the call, so
-    scoring threads run their steps side by side.
-    """
+def _cell_library() -> tuple[Callable[..., None], Callable[..., int]] | None:
+    """``moderation/_lstm_cell.c``'s functions through ctypes, or None where it is not built; loaded once."""
     if _CELL_LIBRARY or _CELL_PROBLEM:
         return _CELL_LIBRARY[0] if _CELL_LIBRARY else None
     import ctypes
@@ -331,16 +366,47 @@ def compiled_cell() -> Callable[..., None] | None:
         log.info("NumPy scoring without the compiled cell step: %s", _CELL_PROBLEM[0])
         return None
     try:
-        function = ctypes.CDLL(spec.origin).lstm_cell_step
+        library = ctypes.CDLL(spec.origin)
+        step, forward = library.lstm_cell_step, library.lstm_forward
     except (OSError, AttributeError) as exc:
         _CELL_PROBLEM.append(f"cannot load {spec.origin}: {exc}")
         log.warning("NumPy scoring without the compiled cell step: %s", _CELL_PROBLEM[0])
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    function.argtypes = [size, size, pointer, pointer, pointer, pointer, pointer, size]
-    function.restype = None
-    _CELL_LIBRARY.append(function)
-    return function
+    step.argtypes = [size, size, pointer, pointer, pointer, pointer, pointer, size]
+    step.restype = None
+    forward.argtypes = [size, size, pointer, pointer, pointer, pointer, pointer, pointer, size, size, pointer]
+    forward.restype = ctypes.c_int
+    _CELL_LIBRARY.append((step, forward))
+    return _CELL_LIBRARY[0]
+
+
+def compiled_cell() -> Callable[..., None] | None:
+    """The C cell step (``moderation/_lstm_cell.c``) as a ctypes function, or None where it is not built.
+
+    ctypes releases the GIL during the call, so scoring threads run their
+    steps side by side.
+    """
+    library = _cell_library()
+    return library[0] if library else None
+
+
+def compiled_forward(units1: int, units2: int) -> Callable[..., int] | None:
+    """The whole forward pass in C (``lstm_forward``) where this CPU has AVX2 and FMA and the widths suit it.
+
+    Asked with no rows, the function says whether it would run: it returns
+    -1 on another CPU or for LSTM widths it does not handle, and NumPy's
+    products with the C step do the work there.
+    """
+    library = _cell_library()
+    if library is None:
+        return None
+    forward = library[1]
+    if forward(0, 0, None, None, None, None, None, None, units1, units2, None) != 0:
+        log.info("no compiled forward pass here (it needs AVX2 and FMA, and LSTM widths that are multiples of 8 "
+                 "up to 256): NumPy's matrix products with the C step instead")
+        return None
+    return forward
 
 
 def compiled_cell_problem() -> str | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from moderation import numpy_lstm
 import bench  # benchmarks/bench.py (pytest's pythonpath)
 
 PG_ADMIN_URL = os.environ.get("MODERATION_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -38,7 +39,8 @@ def test_quick_benchmark_writes_every_section(tiny_model_dir: Path, sample_path:
     assert model["agreement"]["rows_compared"] > 0
     assert {r["batch_size"] for r in model["scorer"]} == {256, 512, 1024, 2048}
     assert model["best_scorer"] in model["scorer"]
-    assert model["forward"] == {"Scorer": "NumPy LSTM, cell step in C", "Scorer, fused LSTM kernel": "fused LSTM kernel",
+    numpy_kind = numpy_lstm.FUSED_KIND if numpy_lstm.compiled_forward(64, 32) else numpy_lstm.STEP_KIND
+    assert model["forward"] == {"Scorer": numpy_kind, "Scorer, fused LSTM kernel": "fused LSTM kernel",
                                 "Scorer, Keras layers": "Keras layers"}
     assert len(model["agreement"]["scorers_checked"]) == 6  # four batch sizes, the fused kernel, the Keras layers
     assert [r["method"] for r in model["seeds_variants"]] == ["seeds (pad 100)", "seeds (pad 100), TF default threads"]

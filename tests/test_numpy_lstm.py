@@ -18,7 +18,15 @@ import pytest
 from moderation import config, numpy_lstm
 from moderation.errors import ModelBundleError, SettingError
 from moderation.model import MODEL_FILE, ModelBundle, load_bundle
-from moderation.numpy_lstm import ENGINE_ENV, NumpySeedForward, read_seed_weights, weights_of_keras_model
+from moderation.numpy_lstm import (
+    ENGINE_ENV,
+    FUSED_KIND,
+    NUMPY_KIND,
+    STEP_KIND,
+    NumpySeedForward,
+    read_seed_weights,
+    weights_of_keras_model,
+)
 from moderation.scoring import (
     DEVICE_ENV,
     NUMPY_MAX_ROWS,
@@ -50,18 +58,42 @@ def test_weights_read_without_keras_are_the_keras_models_own(bundle: ModelBundle
         np.testing.assert_array_equal(getattr(from_archive, name), getattr(from_keras, name), err_msg=name)
 
 
+def _cpu_has_avx2_and_fma() -> bool:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return {"avx2", "fma"} <= set(flags.split())
+
+
+#: The three ways NumpySeedForward computes the network: (compiled, fused) and the kind it reports.
+PASSES = {"forward pass in C": (True, True, FUSED_KIND), "cell step in C": (True, False, STEP_KIND),
+          "all NumPy": (False, False, NUMPY_KIND)}
+
+
+def _forward(bundle: ModelBundle, variant: str) -> NumpySeedForward:
+    compiled, fused, kind = PASSES[variant]
+    if fused and not _cpu_has_avx2_and_fma():
+        pytest.skip("the compiled forward pass needs a CPU with AVX2 and FMA")
+    forward = NumpySeedForward(read_seed_weights(bundle.path / MODEL_FILE)[0], compiled=compiled, fused=fused)
+    assert forward.kind == kind
+    return forward
+
+
 def test_this_install_built_the_compiled_cell_step() -> None:
     """`make install` (and the image's install) compile moderation/_lstm_cell.c; a silent build failure would only show as a slow night."""
     assert numpy_lstm.compiled_cell() is not None, numpy_lstm.compiled_cell_problem()
     assert numpy_lstm.compiled_cell_problem() is None
+    if _cpu_has_avx2_and_fma():  # the forward pass in C runs wherever the CPU allows it
+        assert numpy_lstm.compiled_forward(64, 32) is not None
+    assert numpy_lstm.compiled_forward(60, 32) is None  # widths it does not handle: the step instead
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["cell step in C", "all NumPy"])
-def test_numpy_pass_equals_the_keras_layers(bundle: ModelBundle, compiled: bool) -> None:
-    forward = NumpySeedForward(read_seed_weights(bundle.path / MODEL_FILE)[0], compiled=compiled)
-    assert forward.kind == ("NumPy LSTM, cell step in C" if compiled else "NumPy LSTM")
+@pytest.mark.parametrize("variant", PASSES)
+def test_numpy_pass_equals_the_keras_layers(bundle: ModelBundle, variant: str) -> None:
+    forward = _forward(bundle, variant)
     rng = np.random.default_rng(11)
-    for rows, width in [(1, 1), (1, 40), (5, 1), (33, 17), (256, 120)]:
+    for rows, width in [(1, 1), (1, 40), (5, 1), (7, 9), (33, 17), (256, 120)]:
         ids = _right_padded(rng, rows, width, bundle.vocab.size)
         ours = forward(ids)
         assert ours.dtype == np.float64 and ours.shape == (rows,)
@@ -72,17 +104,29 @@ def test_numpy_pass_equals_the_keras_layers(bundle: ModelBundle, compiled: bool)
         forward(np.zeros(3, dtype=np.int32))
 
 
-def test_ids_outside_the_vocabulary_are_refused_not_read_out_of_bounds(bundle: ModelBundle) -> None:
-    forward = NumpySeedForward(read_seed_weights(bundle.path / MODEL_FILE)[0], compiled=True)
+def test_forward_pass_in_c_equals_the_step_on_uneven_blocks_and_empty_rows(bundle: ModelBundle) -> None:
+    """Blocks of rows that end at different steps, a short last block and rows of no ids, as the step computes them."""
+    fused, step = _forward(bundle, "forward pass in C"), _forward(bundle, "cell step in C")
+    rng = np.random.default_rng(5)
+    for rows, width in [(1, 3), (2, 50), (6, 6), (13, 31), (1001, 64)]:
+        ids = _right_padded(rng, rows, width, bundle.vocab.size)
+        ids[rng.random(rows) < 0.1] = 0  # rows with nothing to read
+        rng.shuffle(ids)
+        np.testing.assert_allclose(fused(ids), step(ids), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["forward pass in C", "cell step in C"])
+def test_ids_outside_the_vocabulary_are_refused_not_read_out_of_bounds(bundle: ModelBundle, variant: str) -> None:
+    forward = _forward(bundle, variant)
     for bad in (bundle.vocab.size, -1):
         ids = np.array([[1, 2, bad]], dtype=np.int32)
         with pytest.raises((ValueError, IndexError)):
             forward(ids)
 
 
-@pytest.mark.parametrize("compiled", [True, False], ids=["cell step in C", "all NumPy"])
-def test_threads_sharing_one_pass_get_their_own_answers(bundle: ModelBundle, compiled: bool) -> None:
-    forward = NumpySeedForward(read_seed_weights(bundle.path / MODEL_FILE)[0], compiled=compiled)
+@pytest.mark.parametrize("variant", PASSES)
+def test_threads_sharing_one_pass_get_their_own_answers(bundle: ModelBundle, variant: str) -> None:
+    forward = _forward(bundle, variant)
     batches = [_right_padded(np.random.default_rng(seed), 64, 30, bundle.vocab.size) for seed in range(8)]
     expected = [forward(ids) for ids in batches]
     got: dict[int, np.ndarray] = {}
@@ -103,7 +147,8 @@ def test_shipped_model_scores_real_reviews_as_keras_does(sample_path: Path, monk
     """The shipped model on 6,012 real reviews: every score within 1e-5, every flag the same."""
     texts = pd.read_parquet(sample_path)["text"]
     on_numpy = load_scorer(config.default_model_dir())
-    assert on_numpy.forward_kind == "NumPy LSTM, cell step in C" and on_numpy.plan.engine == "numpy"
+    assert on_numpy.forward_kind == (FUSED_KIND if _cpu_has_avx2_and_fma() else STEP_KIND)
+    assert on_numpy.plan.engine == "numpy"
     monkeypatch.setenv(ENGINE_ENV, "keras")
     on_keras = load_scorer(config.default_model_dir())
     assert on_keras.forward_kind == "fused LSTM kernel"
@@ -113,9 +158,9 @@ def test_shipped_model_scores_real_reviews_as_keras_does(sample_path: Path, monk
     near = np.abs(theirs.score - on_keras.threshold) < 1e-5
     assert np.array_equal(ours.flagged[~near], theirs.flagged[~near])
     pd.testing.assert_series_equal(ours.skip_reason, theirs.skip_reason)
-    all_numpy = NumpySeedForward(on_numpy.bundle.seed_weights, compiled=False)
-    on_numpy._predict = all_numpy  # the same batches through the NumPy cell step
-    np.testing.assert_allclose(on_numpy.score_texts(texts).score, ours.score, atol=1e-5, rtol=0, equal_nan=True)
+    for compiled in (True, False):  # the same batches through NumPy's products, with the C step and without
+        on_numpy._predict = NumpySeedForward(on_numpy.bundle.seed_weights, compiled=compiled, fused=False)
+        np.testing.assert_allclose(on_numpy.score_texts(texts).score, ours.score, atol=1e-5, rtol=0, equal_nan=True)
 
 
 def test_a_bundle_loaded_without_keras_imports_it_only_when_asked(tiny_model_dir: Path) -> None:
@@ -227,7 +272,7 @@ print(json.dumps({"kind": scorer.forward_kind, "scored": int((scores == scores).
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine, kind, imported", [("", "NumPy LSTM, cell step in C", False),
+@pytest.mark.parametrize("engine, kind, imported", [("", FUSED_KIND if _cpu_has_avx2_and_fma() else STEP_KIND, False),
                                                          ("keras", "fused LSTM kernel", True)])
 def test_a_fresh_scoring_process_imports_tensorflow_only_on_keras_plan(tiny_model_dir: Path, engine: str, kind: str,
                                                                         imported: bool) -> None:
@@ -252,8 +297,8 @@ def test_without_the_compiled_step_a_job_larger_than_numpy_max_rows_is_scored_on
     small = load_scorer(tiny_model_dir, rows=NUMPY_MAX_ROWS)
     assert large.plan.engine == "keras" and large.forward_kind in {"fused LSTM kernel", "Keras layers"}
     if not accelerator_present():
-        assert with_step.plan.engine == "numpy" and with_step.forward_kind == "NumPy LSTM, cell step in C"
-        assert small.plan.engine == "numpy" and small.forward_kind == "NumPy LSTM"
+        assert with_step.plan.engine == "numpy" and with_step.forward_kind in {FUSED_KIND, STEP_KIND}
+        assert small.plan.engine == "numpy" and small.forward_kind == NUMPY_KIND
     texts = ["좋아요", "별로예요 정말", "배송 빠름", ""]
     for scorer in (small, with_step):
         np.testing.assert_allclose(large.score_texts(texts).score, scorer.score_texts(texts).score, atol=1e-5,
