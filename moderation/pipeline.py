@@ -61,6 +61,7 @@ from sqlalchemy import (
     or_,
     literal,
     select,
+    text,
     true,
 )
 
@@ -364,6 +365,7 @@ def publish(db_url: str | None, plan: RunPlan | dict[str, Any], chunk_results: l
                 scored += counts["scored"]
                 flagged += counts["flagged"]
                 skipped.update(counts["skipped"])
+        _keep_current_rows(conn)
         _upsert_scores(conn, plan, now)
         moves = _move_queue(conn, plan, now)
         audited = _queue_audit_sample(conn, plan, now, audit_sample)
@@ -522,17 +524,31 @@ def _stage_scores(conn: Any, rows: Any, threshold: float) -> dict[str, Any]:
             "skipped": Counter({item["values"]: item["counts"] for item in skipped})}
 
 
-def _current(conn: Any) -> tuple[Any, Any]:
-    """The staged rows scored for their review's current text, joined to it, and that text version.
+def _keep_current_rows(conn: Any) -> None:
+    """Leave in the staging table only the rows scored for their review's current text, with that text version.
 
     A review deleted since it was scored, or edited since, drops out here: its
     score is not written (a later run scores the new text), so neither a
-    foreign key nor a stale score can stop or spoil the publish.
+    foreign key nor a stale score can stop or spoil the publish. Done once
+    (one anti-join) instead of joining ``reviews`` in every statement after;
+    the unique index then serves the queue moves' per-row lookups and
+    refuses a review staged twice, and fresh statistics give the planner
+    the staged row count.
     """
-    r = db.reviews.c
-    version = func.coalesce(_staging.c.text_version, r.text_version)
-    joined = _staging.join(db.reviews, and_(r.review_id == _staging.c.review_id, r.text_version == version))
-    return joined, r.text_version
+    s, r = _staging.c, db.reviews.c
+    current = exists().where(r.review_id == s.review_id, r.text_version == func.coalesce(s.text_version, r.text_version))
+    conn.execute(_staging.delete().where(~current))
+    conn.execute(_staging.update().where(s.text_version.is_(None)).values(  # an earlier release's chunk file
+        text_version=select(r.text_version).where(r.review_id == s.review_id).scalar_subquery()))
+    # Built after the load, not kept up during it (a SQLAlchemy Index on the table would be created with it).
+    conn.execute(text(f"CREATE UNIQUE INDEX ux_{_staging.name}_review ON {_staging.name} (review_id)"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"ANALYZE {_staging.name}"))
+
+
+def _current(conn: Any) -> tuple[Any, Any]:
+    """The staged rows for their review's current text (:func:`_keep_current_rows`) and that text version."""
+    return _staging, _staging.c.text_version
 
 
 def _upsert_scores(conn: Any, plan: RunPlan, now: datetime) -> int:
@@ -680,7 +696,7 @@ def _append_events(conn: Any, plan: RunPlan, now: datetime, event: str, status: 
                    condition: Any, previous: Any, note: Any) -> int:
     """One ``moderation_events`` row per source row meeting ``condition``; returns how many."""
     e = db.moderation_events.c
-    version = func.coalesce(_staging.c.text_version, db.reviews.c.text_version)
+    version = _staging.c.text_version
     rows = select(
         _staging.c.review_id, literal(event, String), literal(status, String), previous,
         literal(plan.run_id, String), literal(now, DateTime(timezone=True)), _staging.c.score,
