@@ -194,6 +194,22 @@ TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue
           moderator_accounts]
 #: Views the migrations create: the moderators' queue and the queue's history.
 VIEWS = ["flagged_reviews", "moderation_history"]
+#: Foreign keys that PostgreSQL checks with statement-level triggers instead of a per-row constraint
+#: (revision 0012): a night writes a score for every review it reads, and the per-row check was over a third
+#: of publishing a million. (table, column) -> the triggers that stand in for it. SQLite keeps the constraint.
+STATEMENT_CHECKED_KEYS = {
+    ("review_scores", "review_id"): {
+        "review_scores": ["review_scores_insert_reviews_exist", "review_scores_update_reviews_exist"],
+        "reviews": ["reviews_delete_holds_score_writers", "reviews_delete_keeps_scored",
+                    "reviews_id_update_holds_score_writers", "reviews_update_keeps_scored"],
+    },
+}
+
+
+def declared_foreign_keys(table: Table, dialect: str) -> list[ForeignKey]:
+    """The table's foreign keys that ``dialect``'s schema holds as constraints (:data:`STATEMENT_CHECKED_KEYS`)."""
+    return [fk for fk in table.foreign_keys
+            if dialect != "postgresql" or (table.name, fk.parent.name) not in STATEMENT_CHECKED_KEYS]
 
 
 def resolve_db_url(url: str | None = None) -> str:

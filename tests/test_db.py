@@ -26,6 +26,11 @@ def _queue_row(review_id: int = 1, **overrides: Any) -> dict[str, Any]:
     return row | overrides
 
 
+def _score_row(review_id: int = 1, model_version: str = "m1") -> dict[str, Any]:
+    return {"review_id": review_id, "model_version": model_version, "score": 0.3, "skip_reason": None,
+            "scored_at": NOW, "run_id": "r1"}
+
+
 def test_init_twice_keeps_tables_and_rows(engine: Engine) -> None:
     with engine.begin() as conn:
         _review(conn)
@@ -80,9 +85,10 @@ def test_flagged_view_joins_queue_and_review(engine: Engine) -> None:
                           "threshold": 0.5, "reviews_read": 0, "reviews_scored": 0, "reviews_skipped": 0,
                           "reviews_flagged": 0, "started_at": NOW, "status": "done"}),
         ("moderation_queue", _queue_row(review_id=404)),  # no such review: the foreign key
+        ("review_scores", _score_row(review_id=404)),  # no such review: PostgreSQL's statement-level check
     ],
     ids=["queue-status", "label-value", "label-source", "score-and-reason-null", "score-and-reason-both",
-         "run-status", "queue-fk"],
+         "run-status", "queue-fk", "score-fk"],
 )
 def test_constraints_reject_bad_rows(engine: Engine, table: str, values: dict[str, Any]) -> None:
     with engine.begin() as conn:
@@ -134,3 +140,95 @@ def test_copy_upsert_inserts_updates_and_names_only_known_columns(pg_url: str) -
         with pytest.raises(ValueError, match="unknown columns"):
             db.copy_upsert(conn, db.reviews, "review_id", [{"review_id": 3, "text; DROP TABLE reviews": "x"}])
     engine.dispose()
+
+
+def test_scores_key_holds_both_ways_as_a_foreign_key_would(engine: Engine) -> None:
+    """A scored review cannot be deleted or renumbered; an unscored one can, and edits go through.
+
+    On PostgreSQL statement-level triggers check this (revision 0012); SQLite keeps the foreign key.
+    """
+    with engine.begin() as conn:
+        for review_id in (1, 2, 3):
+            _review(conn, review_id)
+        conn.execute(db.review_scores.insert(), [_score_row(1), _score_row(2), _score_row(2, "m2")])
+    for change in (db.reviews.delete().where(db.reviews.c.review_id == 2),
+                   db.reviews.delete().where(db.reviews.c.review_id.in_([1, 3])),
+                   db.reviews.update().where(db.reviews.c.review_id == 1).values(review_id=10)):
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(change)
+    with pytest.raises(IntegrityError), engine.begin() as conn:  # an upsert's insert part is checked too
+        conn.execute(db.dialect_insert(conn)(db.review_scores).values(**_score_row(99))
+                     .on_conflict_do_nothing(index_elements=["review_id", "model_version"]))
+    with engine.begin() as conn:
+        conn.execute(db.reviews.update().where(db.reviews.c.review_id.in_([1, 2])).values(text="좋아요"))
+        conn.execute(db.reviews.delete().where(db.reviews.c.review_id == 3))
+        conn.execute(db.review_scores.update().where(db.review_scores.c.review_id == 1).values(score=0.4))
+        conn.execute(db.review_scores.delete().where(db.review_scores.c.review_id == 1))
+        conn.execute(db.reviews.delete().where(db.reviews.c.review_id == 1))  # its scores are gone first
+    with engine.connect() as conn:
+        assert conn.execute(select(db.reviews.c.review_id).order_by(db.reviews.c.review_id)).scalars().all() == [2]
+        assert conn.execute(select(func.count()).select_from(db.review_scores)).scalar_one() == 2
+
+
+@pytest.mark.postgres
+def test_a_review_deleted_while_its_score_is_written_is_refused_not_orphaned(pg_url: str) -> None:
+    """The race a per-row key check settles with row locks, settled by the table lock the delete takes first.
+
+    Either order: a delete waits for an open write of scores and then fails; a write of scores started
+    after a delete waits for it and then fails.
+    """
+    import threading
+
+    engine = db.make_engine(pg_url)
+    try:
+        migrations.upgrade(engine)
+        with engine.begin() as conn:
+            _review(conn, 1)
+            _review(conn, 2)
+        outcome: dict[str, BaseException | None] = {}
+
+        def in_thread(name: str, statement: Any) -> threading.Thread:
+            def run() -> None:
+                try:
+                    with engine.begin() as conn:
+                        conn.execute(statement)
+                    outcome[name] = None
+                except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                    outcome[name] = exc
+            thread = threading.Thread(target=run)
+            thread.start()
+            return thread
+
+        def someone_waits_for_a_lock() -> bool:
+            with engine.connect() as conn:
+                return conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                         "AND datname = current_database()")).scalar_one() > 0
+
+        def wait_until_blocked(thread: threading.Thread, name: str) -> None:
+            for _ in range(200):
+                if someone_waits_for_a_lock() or not thread.is_alive():
+                    break
+                thread.join(0.05)
+            assert thread.is_alive() and name not in outcome, f"{name} should wait for the open transaction"
+
+        # A score written and not yet committed; the review's delete waits, then finds the score.
+        with engine.begin() as writer:
+            writer.execute(db.review_scores.insert().values(**_score_row(1)))
+            deleter = in_thread("delete", db.reviews.delete().where(db.reviews.c.review_id == 1))
+            wait_until_blocked(deleter, "delete")
+        deleter.join(30)
+        assert isinstance(outcome["delete"], IntegrityError), outcome["delete"]
+
+        # A delete not yet committed; a write of scores for that review waits, then finds it gone.
+        with engine.begin() as remover:
+            remover.execute(db.reviews.delete().where(db.reviews.c.review_id == 2))
+            scorer = in_thread("score", db.review_scores.insert().values(**_score_row(2)))
+            wait_until_blocked(scorer, "score")
+        scorer.join(30)
+        assert isinstance(outcome["score"], IntegrityError), outcome["score"]
+
+        with engine.connect() as conn:
+            assert conn.execute(select(db.reviews.c.review_id)).scalars().all() == [1]
+            assert conn.execute(select(db.review_scores.c.review_id)).scalars().all() == [1]
+    finally:
+        engine.dispose()

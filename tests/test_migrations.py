@@ -147,9 +147,16 @@ def assert_schema_is_the_metadata(engine: Engine) -> None:
             (ix.name, tuple(c.name for c in ix.columns), bool(ix.unique)) for ix in table.indexes), table.name
         assert sorted((tuple(fk["constrained_columns"]), fk["referred_table"])
                       for fk in inspector.get_foreign_keys(table.name)) == sorted(
-            ((fk.parent.name,), fk.column.table.name) for fk in table.foreign_keys), table.name
+            ((fk.parent.name,), fk.column.table.name)
+            for fk in db.declared_foreign_keys(table, engine.dialect.name)), table.name
         assert sorted(ck["name"] for ck in inspector.get_check_constraints(table.name)) == sorted(
             c.name for c in table.constraints if c.__class__.__name__ == "CheckConstraint"), table.name
+    if engine.dialect.name == "postgresql":  # the keys checked per statement have their triggers instead
+        with engine.connect() as conn:
+            found = set(conn.execute(text("SELECT c.relname, t.tgname FROM pg_trigger t "
+                                          "JOIN pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal")).all())
+        for triggers in db.STATEMENT_CHECKED_KEYS.values():
+            assert {(table, name) for table, names in triggers.items() for name in names} <= found
 
 
 def test_database_enforces_one_active_model(bare: Engine) -> None:
@@ -227,4 +234,30 @@ def test_upgrade_from_0010_keeps_queue_rows_as_flags_and_allows_unsure(bare: Eng
         conn.execute(db.moderation_queue.update().where(q.review_id == 1).values(status="unsure", reason="other"))
     with bare.connect() as conn:
         assert conn.execute(select(db.review_labels.c.review_id)).scalars().all() == []
+    assert_schema_is_the_metadata(bare)
+
+
+def test_upgrade_from_0011_keeps_scores_and_their_key_to_reviews(bare: Engine) -> None:
+    """0012 swaps PostgreSQL's per-row key check on review_scores for statement triggers: rows kept, key held."""
+    from sqlalchemy.exc import IntegrityError
+
+    migrations.upgrade(bare, "0011")
+    with bare.begin() as conn:
+        conn.execute(text("INSERT INTO reviews (review_id, product_id, text, ingested_at) "
+                          "VALUES (1, 10, '별로예요', :at), (2, 10, '최악', :at), (3, 10, '좋아요', :at)"), {"at": NOW})
+        conn.execute(text("INSERT INTO review_scores (review_id, model_version, score, skip_reason, scored_at, "
+                          "run_id, text_version) VALUES (1, 'm1', 0.9, NULL, :at, 'r1', 1), "
+                          "(2, 'm1', NULL, 'empty', :at, 'r1', 1)"), {"at": NOW})
+    before = snapshot(bare)
+
+    assert migrations.upgrade(bare) == ("0011", migrations.head())
+
+    assert snapshot(bare) == before
+    for statement in ("DELETE FROM reviews WHERE review_id = 2",
+                      "INSERT INTO review_scores (review_id, model_version, score, scored_at, run_id) "
+                      "VALUES (404, 'm1', 0.5, '2026-11-20', 'r1')"):
+        with pytest.raises(IntegrityError), bare.begin() as conn:
+            conn.execute(text(statement))
+    with bare.begin() as conn:  # a review without scores may go
+        conn.execute(text("DELETE FROM reviews WHERE review_id = 3"))
     assert_schema_is_the_metadata(bare)

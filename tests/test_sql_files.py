@@ -107,7 +107,8 @@ def test_sql_files_match_the_metadata(pg_engine: Engine) -> None:
             (ix.name, [c.name for c in ix.columns]) for ix in table.indexes)
         assert sorted((fk["constrained_columns"], fk["referred_table"], fk["referred_columns"])
                       for fk in inspector.get_foreign_keys(table.name)) == sorted(
-            ([fk.parent.name], fk.column.table.name, [fk.column.name]) for fk in table.foreign_keys)
+            ([fk.parent.name], fk.column.table.name, [fk.column.name])
+            for fk in db.declared_foreign_keys(table, "postgresql"))
         assert sorted(ck["name"] for ck in inspector.get_check_constraints(table.name)) == sorted(
             c.name for c in table.constraints if c.__class__.__name__ == "CheckConstraint")
 
