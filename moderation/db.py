@@ -195,14 +195,15 @@ TABLES = [reviews, model_versions, scoring_runs, review_scores, moderation_queue
 #: Views the migrations create: the moderators' queue and the queue's history.
 VIEWS = ["flagged_reviews", "moderation_history"]
 #: Foreign keys that PostgreSQL checks with statement-level triggers instead of a per-row constraint
-#: (revision 0012): a night writes a score for every review it reads, and the per-row check was over a third
-#: of publishing a million. (table, column) -> the triggers that stand in for it. SQLite keeps the constraint.
+#: (revision 0012): a night writes a score for every review it reads and queues the flagged ones, and the
+#: per-row checks were half of publishing a million. (table, column) -> the triggers, by table, that stand
+#: in for each. SQLite keeps the constraints.
+_ON_REVIEWS = ["reviews_delete_holds_key_writers", "reviews_delete_keeps_referenced",
+               "reviews_id_update_holds_key_writers", "reviews_update_keeps_referenced"]
 STATEMENT_CHECKED_KEYS = {
-    ("review_scores", "review_id"): {
-        "review_scores": ["review_scores_insert_reviews_exist", "review_scores_update_reviews_exist"],
-        "reviews": ["reviews_delete_holds_score_writers", "reviews_delete_keeps_scored",
-                    "reviews_id_update_holds_score_writers", "reviews_update_keeps_scored"],
-    },
+    (table, "review_id"): {table: [f"{table}_insert_reviews_exist", f"{table}_update_reviews_exist"],
+                           "reviews": _ON_REVIEWS}
+    for table in ("review_scores", "moderation_queue")
 }
 
 

@@ -408,15 +408,17 @@ UPDATE alembic_version SET version_num='0011' WHERE alembic_version.version_num 
 
 ALTER TABLE review_scores DROP CONSTRAINT review_scores_review_id_fkey;
 
-CREATE FUNCTION review_scores_reviews_exist() RETURNS trigger LANGUAGE plpgsql
+ALTER TABLE moderation_queue DROP CONSTRAINT moderation_queue_review_id_fkey;
+
+CREATE FUNCTION written_rows_name_reviews() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     missing BIGINT;
 BEGIN
-    SELECT s.review_id INTO missing FROM written_scores s
-    WHERE NOT EXISTS (SELECT 1 FROM reviews r WHERE r.review_id = s.review_id) LIMIT 1;
+    SELECT w.review_id INTO missing FROM written_rows w
+    WHERE NOT EXISTS (SELECT 1 FROM reviews r WHERE r.review_id = w.review_id) LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'insert or update on table "review_scores" violates its key to "reviews"'
+        RAISE EXCEPTION 'insert or update on table "%" violates its key to "reviews"', TG_TABLE_NAME
             USING ERRCODE = 'foreign_key_violation',
                   DETAIL = format('Key (review_id)=(%s) is not present in table "reviews".', missing);
     END IF;
@@ -424,48 +426,56 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION reviews_hold_score_writers() RETURNS trigger LANGUAGE plpgsql
+CREATE FUNCTION reviews_hold_writers_of_keys() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
-    LOCK TABLE review_scores IN SHARE MODE;
+    LOCK TABLE review_scores, moderation_queue IN SHARE MODE;
     RETURN NULL;
 END
 $$;
 
-CREATE FUNCTION reviews_keep_scored() RETURNS trigger LANGUAGE plpgsql
+CREATE FUNCTION reviews_keep_referenced() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     kept BIGINT;
+    referrer TEXT;
 BEGIN
-    SELECT o.review_id INTO kept FROM removed_reviews o
+    SELECT o.review_id, CASE WHEN EXISTS (SELECT 1 FROM review_scores s WHERE s.review_id = o.review_id)
+                             THEN 'review_scores' ELSE 'moderation_queue' END
+    INTO kept, referrer FROM removed_reviews o
     WHERE NOT EXISTS (SELECT 1 FROM reviews r WHERE r.review_id = o.review_id)
-      AND EXISTS (SELECT 1 FROM review_scores s WHERE s.review_id = o.review_id) LIMIT 1;
+      AND (EXISTS (SELECT 1 FROM review_scores s WHERE s.review_id = o.review_id)
+           OR EXISTS (SELECT 1 FROM moderation_queue q WHERE q.review_id = o.review_id)) LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'update or delete on table "reviews" violates the key of "review_scores"'
+        RAISE EXCEPTION 'update or delete on table "reviews" violates the key of "%"', referrer
             USING ERRCODE = 'foreign_key_violation',
-                  DETAIL = format('Key (review_id)=(%s) is still referenced from table "review_scores".', kept);
+                  DETAIL = format('Key (review_id)=(%s) is still referenced from table "%s".', kept, referrer);
     END IF;
     RETURN NULL;
 END
 $$;
 
-REVOKE ALL ON FUNCTION review_scores_reviews_exist() FROM PUBLIC;
+REVOKE ALL ON FUNCTION written_rows_name_reviews() FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION reviews_hold_score_writers() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reviews_hold_writers_of_keys() FROM PUBLIC;
 
-REVOKE ALL ON FUNCTION reviews_keep_scored() FROM PUBLIC;
+REVOKE ALL ON FUNCTION reviews_keep_referenced() FROM PUBLIC;
 
-CREATE TRIGGER review_scores_insert_reviews_exist AFTER INSERT ON review_scores REFERENCING NEW TABLE AS written_scores FOR EACH STATEMENT EXECUTE FUNCTION review_scores_reviews_exist();
+CREATE TRIGGER review_scores_insert_reviews_exist AFTER INSERT ON review_scores REFERENCING NEW TABLE AS written_rows FOR EACH STATEMENT EXECUTE FUNCTION written_rows_name_reviews();
 
-CREATE TRIGGER review_scores_update_reviews_exist AFTER UPDATE ON review_scores REFERENCING NEW TABLE AS written_scores FOR EACH STATEMENT EXECUTE FUNCTION review_scores_reviews_exist();
+CREATE TRIGGER review_scores_update_reviews_exist AFTER UPDATE ON review_scores REFERENCING NEW TABLE AS written_rows FOR EACH STATEMENT EXECUTE FUNCTION written_rows_name_reviews();
 
-CREATE TRIGGER reviews_delete_holds_score_writers BEFORE DELETE ON reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_hold_score_writers();
+CREATE TRIGGER moderation_queue_insert_reviews_exist AFTER INSERT ON moderation_queue REFERENCING NEW TABLE AS written_rows FOR EACH STATEMENT EXECUTE FUNCTION written_rows_name_reviews();
 
-CREATE TRIGGER reviews_id_update_holds_score_writers BEFORE UPDATE OF review_id ON reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_hold_score_writers();
+CREATE TRIGGER moderation_queue_update_reviews_exist AFTER UPDATE ON moderation_queue REFERENCING NEW TABLE AS written_rows FOR EACH STATEMENT EXECUTE FUNCTION written_rows_name_reviews();
 
-CREATE TRIGGER reviews_delete_keeps_scored AFTER DELETE ON reviews REFERENCING OLD TABLE AS removed_reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_keep_scored();
+CREATE TRIGGER reviews_delete_holds_key_writers BEFORE DELETE ON reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_hold_writers_of_keys();
 
-CREATE TRIGGER reviews_update_keeps_scored AFTER UPDATE ON reviews REFERENCING OLD TABLE AS removed_reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_keep_scored();
+CREATE TRIGGER reviews_id_update_holds_key_writers BEFORE UPDATE OF review_id ON reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_hold_writers_of_keys();
+
+CREATE TRIGGER reviews_delete_keeps_referenced AFTER DELETE ON reviews REFERENCING OLD TABLE AS removed_reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_keep_referenced();
+
+CREATE TRIGGER reviews_update_keeps_referenced AFTER UPDATE ON reviews REFERENCING OLD TABLE AS removed_reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_keep_referenced();
 
 UPDATE alembic_version SET version_num='0012' WHERE alembic_version.version_num = '0011';
 

@@ -85,7 +85,7 @@ def test_flagged_view_joins_queue_and_review(engine: Engine) -> None:
                           "threshold": 0.5, "reviews_read": 0, "reviews_scored": 0, "reviews_skipped": 0,
                           "reviews_flagged": 0, "started_at": NOW, "status": "done"}),
         ("moderation_queue", _queue_row(review_id=404)),  # no such review: the foreign key
-        ("review_scores", _score_row(review_id=404)),  # no such review: PostgreSQL's statement-level check
+        ("review_scores", _score_row(review_id=404)),  # no such review: the key (checked per statement on PostgreSQL)
     ],
     ids=["queue-status", "label-value", "label-source", "score-and-reason-null", "score-and-reason-both",
          "run-status", "queue-fk", "score-fk"],
@@ -142,36 +142,41 @@ def test_copy_upsert_inserts_updates_and_names_only_known_columns(pg_url: str) -
     engine.dispose()
 
 
-def test_scores_key_holds_both_ways_as_a_foreign_key_would(engine: Engine) -> None:
-    """A scored review cannot be deleted or renumbered; an unscored one can, and edits go through.
+def test_keys_to_reviews_hold_both_ways_as_foreign_keys_would(engine: Engine) -> None:
+    """A scored or queued review cannot be deleted or renumbered; any other can, and edits go through.
 
-    On PostgreSQL statement-level triggers check this (revision 0012); SQLite keeps the foreign key.
+    On PostgreSQL statement-level triggers check this (revision 0012); SQLite keeps the foreign keys.
     """
     with engine.begin() as conn:
-        for review_id in (1, 2, 3):
+        for review_id in (1, 2, 3, 4):
             _review(conn, review_id)
         conn.execute(db.review_scores.insert(), [_score_row(1), _score_row(2), _score_row(2, "m2")])
+        conn.execute(db.moderation_queue.insert().values(**_queue_row(4)))
     for change in (db.reviews.delete().where(db.reviews.c.review_id == 2),
                    db.reviews.delete().where(db.reviews.c.review_id.in_([1, 3])),
+                   db.reviews.delete().where(db.reviews.c.review_id == 4),
                    db.reviews.update().where(db.reviews.c.review_id == 1).values(review_id=10)):
         with pytest.raises(IntegrityError), engine.begin() as conn:
             conn.execute(change)
     with pytest.raises(IntegrityError), engine.begin() as conn:  # an upsert's insert part is checked too
         conn.execute(db.dialect_insert(conn)(db.review_scores).values(**_score_row(99))
                      .on_conflict_do_nothing(index_elements=["review_id", "model_version"]))
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(db.moderation_queue.update().where(db.moderation_queue.c.review_id == 4).values(review_id=99))
     with engine.begin() as conn:
-        conn.execute(db.reviews.update().where(db.reviews.c.review_id.in_([1, 2])).values(text="좋아요"))
+        conn.execute(db.reviews.update().where(db.reviews.c.review_id.in_([1, 2, 4])).values(text="좋아요"))
         conn.execute(db.reviews.delete().where(db.reviews.c.review_id == 3))
         conn.execute(db.review_scores.update().where(db.review_scores.c.review_id == 1).values(score=0.4))
+        conn.execute(db.moderation_queue.update().where(db.moderation_queue.c.review_id == 4).values(score=0.8))
         conn.execute(db.review_scores.delete().where(db.review_scores.c.review_id == 1))
         conn.execute(db.reviews.delete().where(db.reviews.c.review_id == 1))  # its scores are gone first
     with engine.connect() as conn:
-        assert conn.execute(select(db.reviews.c.review_id).order_by(db.reviews.c.review_id)).scalars().all() == [2]
+        assert conn.execute(select(db.reviews.c.review_id).order_by(db.reviews.c.review_id)).scalars().all() == [2, 4]
         assert conn.execute(select(func.count()).select_from(db.review_scores)).scalar_one() == 2
 
 
 @pytest.mark.postgres
-def test_a_review_deleted_while_its_score_is_written_is_refused_not_orphaned(pg_url: str) -> None:
+def test_a_review_deleted_while_its_scores_are_written_is_refused_not_orphaned(pg_url: str) -> None:
     """The race a per-row key check settles with row locks, settled by the table lock the delete takes first.
 
     Either order: a delete waits for an open write of scores and then fails; a write of scores started
@@ -183,8 +188,8 @@ def test_a_review_deleted_while_its_score_is_written_is_refused_not_orphaned(pg_
     try:
         migrations.upgrade(engine)
         with engine.begin() as conn:
-            _review(conn, 1)
-            _review(conn, 2)
+            for review_id in (1, 2, 3):
+                _review(conn, review_id)
         outcome: dict[str, BaseException | None] = {}
 
         def in_thread(name: str, statement: Any) -> threading.Thread:
@@ -219,16 +224,23 @@ def test_a_review_deleted_while_its_score_is_written_is_refused_not_orphaned(pg_
         deleter.join(30)
         assert isinstance(outcome["delete"], IntegrityError), outcome["delete"]
 
-        # A delete not yet committed; a write of scores for that review waits, then finds it gone.
+        # A delete not yet committed; a write of scores or of the queue for that review waits, then finds it gone.
         with engine.begin() as remover:
             remover.execute(db.reviews.delete().where(db.reviews.c.review_id == 2))
             scorer = in_thread("score", db.review_scores.insert().values(**_score_row(2)))
             wait_until_blocked(scorer, "score")
         scorer.join(30)
         assert isinstance(outcome["score"], IntegrityError), outcome["score"]
+        with engine.begin() as remover:
+            remover.execute(db.reviews.delete().where(db.reviews.c.review_id == 3))
+            queuer = in_thread("queue", db.moderation_queue.insert().values(**_queue_row(3)))
+            wait_until_blocked(queuer, "queue")
+        queuer.join(30)
+        assert isinstance(outcome["queue"], IntegrityError), outcome["queue"]
 
         with engine.connect() as conn:
             assert conn.execute(select(db.reviews.c.review_id)).scalars().all() == [1]
             assert conn.execute(select(db.review_scores.c.review_id)).scalars().all() == [1]
+            assert conn.execute(select(func.count()).select_from(db.moderation_queue)).scalar_one() == 0
     finally:
         engine.dispose()

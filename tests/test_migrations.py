@@ -237,8 +237,8 @@ def test_upgrade_from_0010_keeps_queue_rows_as_flags_and_allows_unsure(bare: Eng
     assert_schema_is_the_metadata(bare)
 
 
-def test_upgrade_from_0011_keeps_scores_and_their_key_to_reviews(bare: Engine) -> None:
-    """0012 swaps PostgreSQL's per-row key check on review_scores for statement triggers: rows kept, key held."""
+def test_upgrade_from_0011_keeps_scores_and_queue_and_their_keys_to_reviews(bare: Engine) -> None:
+    """0012 swaps PostgreSQL's per-row key checks of scores and queue for statement triggers: rows kept, keys held."""
     from sqlalchemy.exc import IntegrityError
 
     migrations.upgrade(bare, "0011")
@@ -248,6 +248,9 @@ def test_upgrade_from_0011_keeps_scores_and_their_key_to_reviews(bare: Engine) -
         conn.execute(text("INSERT INTO review_scores (review_id, model_version, score, skip_reason, scored_at, "
                           "run_id, text_version) VALUES (1, 'm1', 0.9, NULL, :at, 'r1', 1), "
                           "(2, 'm1', NULL, 'empty', :at, 'r1', 1)"), {"at": NOW})
+        conn.execute(text("INSERT INTO moderation_queue (review_id, model_version, score, threshold, status, "
+                          "flagged_at, run_id, decided_by, decided_at, note) VALUES "
+                          "(1, 'm1', 0.9, 0.5, 'confirmed', :at, 'r1', 'kim', :at, '욕설')"), {"at": NOW})
     before = snapshot(bare)
 
     assert migrations.upgrade(bare) == ("0011", migrations.head())
@@ -255,7 +258,8 @@ def test_upgrade_from_0011_keeps_scores_and_their_key_to_reviews(bare: Engine) -
     assert snapshot(bare) == before
     for statement in ("DELETE FROM reviews WHERE review_id = 2",
                       "INSERT INTO review_scores (review_id, model_version, score, scored_at, run_id) "
-                      "VALUES (404, 'm1', 0.5, '2026-11-20', 'r1')"):
+                      "VALUES (404, 'm1', 0.5, '2026-11-20', 'r1')",
+                      "UPDATE moderation_queue SET review_id = 404"):
         with pytest.raises(IntegrityError), bare.begin() as conn:
             conn.execute(text(statement))
     with bare.begin() as conn:  # a review without scores may go
