@@ -262,29 +262,31 @@ def score_chunk(db_url: str | None, chunk: dict[str, Any], model_path: str, out_
         condition = and_(condition, db.reviews.c.review_id < chunk["high_id"])
     engine = _engine(db_url)
     with db.translate_errors(engine), engine.connect() as conn:
-        rows = conn.execute(
+        fetched = conn.execute(
             select(db.reviews.c.review_id, db.reviews.c.text, db.reviews.c.text_version).where(condition)
             .order_by(db.reviews.c.review_id)
-        ).all()
+        )
+        # The driver's plain tuples: building SQLAlchemy's Row objects cost more than the fetch itself
+        # (500,000 reviews: 1.0 s of 1.6 s). The columns are integers and text, which need no conversion.
+        rows = fetched.cursor.fetchall() if fetched.cursor is not None else []
+        fetched.close()
     engine.dispose()
     read_seconds = time.perf_counter() - started
+    ids, texts, versions = zip(*rows) if rows else ((), (), ())
     scorer = scorer or load_scorer(model_path, rows=len(rows))
-    # Column by column: pandas probes every SQLAlchemy Row for fields it lacks (0.4 s per 100,000 rows).
-    frame = pd.DataFrame({"review_id": [row[0] for row in rows], "text": [row[1] for row in rows]},
-                         columns=["review_id", "text"])
-    result = scorer.score_texts(frame["text"])
+    result = scorer.score_texts(pd.Series(texts, dtype=object))
     table = pa.table({
-        "review_id": pa.array(frame["review_id"].to_numpy(), type=pa.int64()),
+        "review_id": pa.array(ids, type=pa.int64()),
         "score": pa.array(result.score, type=pa.float64(), from_pandas=True),
         "skip_reason": pa.array(result.skip_reason.tolist(), type=pa.string()),
-        "text_version": pa.array([row[2] for row in rows], type=pa.int64()),
+        "text_version": pa.array(versions, type=pa.int64()),
     })
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"chunk-{chunk['index']:05d}.parquet"
     _write_whole(table, path)
     skipped = result.skip_reason.value_counts().to_dict()
-    counts = {"path": str(path), "index": chunk["index"], "rows": len(frame),
-              "scored": int(len(frame) - sum(skipped.values())), "skipped": {str(k): int(v) for k, v in skipped.items()},
+    counts = {"path": str(path), "index": chunk["index"], "rows": len(rows),
+              "scored": int(len(rows) - sum(skipped.values())), "skipped": {str(k): int(v) for k, v in skipped.items()},
               "read_seconds": round(read_seconds, 3), "seconds": round(time.perf_counter() - started, 3)}
     log.info("chunk %d: %d reviews, %d scored, skipped %s, %.1fs", chunk["index"], counts["rows"],
              counts["scored"], counts["skipped"] or "none", counts["seconds"])

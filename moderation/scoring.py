@@ -417,6 +417,7 @@ class Scorer:
             forward = _compiled_forward(bundle.model, plan.fused if fused is None else fused)
         self._predict = forward.predict
         self.forward_kind = forward.kind
+        log.info("forward pass: %s", forward.kind)
         self.workers = (workers or plan.workers) if forward.thread_safe else 1
 
     def score_texts(self, texts: Iterable[str | None] | pd.Series, progress: Progress | None = None) -> Scores:
