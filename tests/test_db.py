@@ -216,27 +216,23 @@ def test_a_review_deleted_while_its_scores_are_written_is_refused_not_orphaned(p
                 thread.join(0.05)
             assert thread.is_alive() and name not in outcome, f"{name} should wait for the open transaction"
 
-        # A score written and not yet committed; the review's delete waits, then finds the score.
-        with engine.begin() as writer:
-            writer.execute(db.review_scores.insert().values(**_score_row(1)))
-            deleter = in_thread("delete", db.reviews.delete().where(db.reviews.c.review_id == 1))
-            wait_until_blocked(deleter, "delete")
-        deleter.join(30)
-        assert isinstance(outcome["delete"], IntegrityError), outcome["delete"]
+        def waits_then_fails(name: str, waiting: Any, open_first: Any) -> None:
+            """``open_first`` runs uncommitted; ``waiting``, started meanwhile, waits for it, then fails on the key."""
+            with engine.begin() as open_transaction:
+                open_transaction.execute(open_first)
+                waiter = in_thread(name, waiting)
+                wait_until_blocked(waiter, name)
+            waiter.join(30)
+            assert isinstance(outcome[name], IntegrityError), outcome[name]
 
-        # A delete not yet committed; a write of scores or of the queue for that review waits, then finds it gone.
-        with engine.begin() as remover:
-            remover.execute(db.reviews.delete().where(db.reviews.c.review_id == 2))
-            scorer = in_thread("score", db.review_scores.insert().values(**_score_row(2)))
-            wait_until_blocked(scorer, "score")
-        scorer.join(30)
-        assert isinstance(outcome["score"], IntegrityError), outcome["score"]
-        with engine.begin() as remover:
-            remover.execute(db.reviews.delete().where(db.reviews.c.review_id == 3))
-            queuer = in_thread("queue", db.moderation_queue.insert().values(**_queue_row(3)))
-            wait_until_blocked(queuer, "queue")
-        queuer.join(30)
-        assert isinstance(outcome["queue"], IntegrityError), outcome["queue"]
+        # A score written and not yet committed: the review's delete waits, then finds the score.
+        waits_then_fails("delete", db.reviews.delete().where(db.reviews.c.review_id == 1),
+                         db.review_scores.insert().values(**_score_row(1)))
+        # A delete not yet committed: a write of scores or of the queue for that review waits, then finds it gone.
+        waits_then_fails("score", db.review_scores.insert().values(**_score_row(2)),
+                         db.reviews.delete().where(db.reviews.c.review_id == 2))
+        waits_then_fails("queue", db.moderation_queue.insert().values(**_queue_row(3)),
+                         db.reviews.delete().where(db.reviews.c.review_id == 3))
 
         with engine.connect() as conn:
             assert conn.execute(select(db.reviews.c.review_id)).scalars().all() == [1]
