@@ -543,9 +543,9 @@ def _keep_current_rows(conn: Any) -> None:
     conn.execute(_staging.update().where(s.text_version.is_(None)).values(  # an earlier release's chunk file
         text_version=select(r.text_version).where(r.review_id == s.review_id).scalar_subquery()))
     # Built after the load, not kept up during it (a SQLAlchemy Index on the table would be created with it).
-    conn.execute(text(f"CREATE UNIQUE INDEX ux_{_staging.name}_review ON {_staging.name} (review_id)"))
+    conn.execute(text("CREATE UNIQUE INDEX ux_publish_staging_review ON publish_staging (review_id)"))
     if conn.dialect.name == "postgresql":
-        conn.execute(text(f"ANALYZE {_staging.name}"))
+        conn.execute(text("ANALYZE publish_staging"))
 
 
 def _current(conn: Any) -> tuple[Any, Any]:

@@ -97,7 +97,7 @@ def test_installed_wheel_predicts_migrates_and_scores_outside_the_checkout(
     run([moderation, "db", "init", "--db", f"sqlite:///{db_file}"], cwd=tmp_path, env=env)
     assert db_file.is_file()
     status = run([moderation, "db", "status", "--db", f"sqlite:///{db_file}"], cwd=tmp_path, env=env)
-    assert "0011" in status.stdout + status.stderr
+    assert "0012" in status.stdout + status.stderr
 
     (tmp_path / "in.csv").write_text("text\n배송이 너무 느려요\n정말 최고예요 또 살게요\n", encoding="utf-8")
     run([moderation, "score-file", "in.csv", "out.csv"], cwd=tmp_path, env=env)

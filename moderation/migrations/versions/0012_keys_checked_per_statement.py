@@ -36,8 +36,11 @@ down_revision = "0011"
 branch_labels = None
 depends_on = None
 
-#: Tables whose key to reviews is checked per statement, and the names PostgreSQL gave their unnamed keys.
-CHECKED = {"review_scores": "review_scores_review_id_fkey", "moderation_queue": "moderation_queue_review_id_fkey"}
+#: The names PostgreSQL gave the first release's unnamed keys.
+PG_DROP_KEYS = [
+    "ALTER TABLE review_scores DROP CONSTRAINT review_scores_review_id_fkey",
+    "ALTER TABLE moderation_queue DROP CONSTRAINT moderation_queue_review_id_fkey",
+]
 
 PG_FUNCTIONS = [
     """CREATE FUNCTION written_rows_name_reviews() RETURNS trigger LANGUAGE plpgsql
@@ -82,46 +85,57 @@ BEGIN
     RETURN NULL;
 END
 $$""",
-    *(f"REVOKE ALL ON FUNCTION {name}() FROM PUBLIC"
-      for name in ("written_rows_name_reviews", "reviews_hold_writers_of_keys", "reviews_keep_referenced")),
+    "REVOKE ALL ON FUNCTION written_rows_name_reviews() FROM PUBLIC",
+    "REVOKE ALL ON FUNCTION reviews_hold_writers_of_keys() FROM PUBLIC",
+    "REVOKE ALL ON FUNCTION reviews_keep_referenced() FROM PUBLIC",
 ]
 
-#: (table, trigger) -> its definition. Transition tables allow one event per trigger, hence pairs.
-PG_TRIGGERS = {
-    **{(table, f"{table}_{event.lower()}_reviews_exist"):
-       f"AFTER {event} ON {table} REFERENCING NEW TABLE AS written_rows FOR EACH STATEMENT "
-       "EXECUTE FUNCTION written_rows_name_reviews()"
-       for table in CHECKED for event in ("INSERT", "UPDATE")},
-    ("reviews", "reviews_delete_holds_key_writers"):
-        "BEFORE DELETE ON reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_hold_writers_of_keys()",
-    ("reviews", "reviews_id_update_holds_key_writers"):
-        "BEFORE UPDATE OF review_id ON reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_hold_writers_of_keys()",
-    ("reviews", "reviews_delete_keeps_referenced"):
-        "AFTER DELETE ON reviews REFERENCING OLD TABLE AS removed_reviews FOR EACH STATEMENT "
-        "EXECUTE FUNCTION reviews_keep_referenced()",
-    ("reviews", "reviews_update_keeps_referenced"):
-        "AFTER UPDATE ON reviews REFERENCING OLD TABLE AS removed_reviews FOR EACH STATEMENT "
-        "EXECUTE FUNCTION reviews_keep_referenced()",
-}
+# Transition tables allow one event per trigger, hence pairs. Names as in db.STATEMENT_CHECKED_KEYS.
+PG_TRIGGERS = [
+    "CREATE TRIGGER review_scores_insert_reviews_exist AFTER INSERT ON review_scores "
+    "REFERENCING NEW TABLE AS written_rows FOR EACH STATEMENT EXECUTE FUNCTION written_rows_name_reviews()",
+    "CREATE TRIGGER review_scores_update_reviews_exist AFTER UPDATE ON review_scores "
+    "REFERENCING NEW TABLE AS written_rows FOR EACH STATEMENT EXECUTE FUNCTION written_rows_name_reviews()",
+    "CREATE TRIGGER moderation_queue_insert_reviews_exist AFTER INSERT ON moderation_queue "
+    "REFERENCING NEW TABLE AS written_rows FOR EACH STATEMENT EXECUTE FUNCTION written_rows_name_reviews()",
+    "CREATE TRIGGER moderation_queue_update_reviews_exist AFTER UPDATE ON moderation_queue "
+    "REFERENCING NEW TABLE AS written_rows FOR EACH STATEMENT EXECUTE FUNCTION written_rows_name_reviews()",
+    "CREATE TRIGGER reviews_delete_holds_key_writers BEFORE DELETE ON reviews "
+    "FOR EACH STATEMENT EXECUTE FUNCTION reviews_hold_writers_of_keys()",
+    "CREATE TRIGGER reviews_id_update_holds_key_writers BEFORE UPDATE OF review_id ON reviews "
+    "FOR EACH STATEMENT EXECUTE FUNCTION reviews_hold_writers_of_keys()",
+    "CREATE TRIGGER reviews_delete_keeps_referenced AFTER DELETE ON reviews "
+    "REFERENCING OLD TABLE AS removed_reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_keep_referenced()",
+    "CREATE TRIGGER reviews_update_keeps_referenced AFTER UPDATE ON reviews "
+    "REFERENCING OLD TABLE AS removed_reviews FOR EACH STATEMENT EXECUTE FUNCTION reviews_keep_referenced()",
+]
+
+PG_DOWNGRADE = [
+    "DROP TRIGGER review_scores_insert_reviews_exist ON review_scores",
+    "DROP TRIGGER review_scores_update_reviews_exist ON review_scores",
+    "DROP TRIGGER moderation_queue_insert_reviews_exist ON moderation_queue",
+    "DROP TRIGGER moderation_queue_update_reviews_exist ON moderation_queue",
+    "DROP TRIGGER reviews_delete_holds_key_writers ON reviews",
+    "DROP TRIGGER reviews_id_update_holds_key_writers ON reviews",
+    "DROP TRIGGER reviews_delete_keeps_referenced ON reviews",
+    "DROP TRIGGER reviews_update_keeps_referenced ON reviews",
+    "DROP FUNCTION written_rows_name_reviews()",
+    "DROP FUNCTION reviews_hold_writers_of_keys()",
+    "DROP FUNCTION reviews_keep_referenced()",
+    "ALTER TABLE review_scores ADD CONSTRAINT review_scores_review_id_fkey "
+    "FOREIGN KEY (review_id) REFERENCES reviews (review_id)",
+    "ALTER TABLE moderation_queue ADD CONSTRAINT moderation_queue_review_id_fkey "
+    "FOREIGN KEY (review_id) REFERENCES reviews (review_id)",
+]
 
 
 def upgrade() -> None:
-    if op.get_context().dialect.name != "postgresql":
-        return
-    for table, key in CHECKED.items():
-        op.execute(f"ALTER TABLE {table} DROP CONSTRAINT {key}")
-    for statement in PG_FUNCTIONS:
-        op.execute(statement)
-    for (_, name), definition in PG_TRIGGERS.items():
-        op.execute(f"CREATE TRIGGER {name} {definition}")
+    if op.get_context().dialect.name == "postgresql":
+        for statement in PG_DROP_KEYS + PG_FUNCTIONS + PG_TRIGGERS:
+            op.execute(statement)
 
 
 def downgrade() -> None:
-    if op.get_context().dialect.name != "postgresql":
-        return
-    for table, name in PG_TRIGGERS:
-        op.execute(f"DROP TRIGGER {name} ON {table}")
-    for name in ("written_rows_name_reviews", "reviews_hold_writers_of_keys", "reviews_keep_referenced"):
-        op.execute(f"DROP FUNCTION {name}()")
-    for table, key in CHECKED.items():
-        op.execute(f"ALTER TABLE {table} ADD CONSTRAINT {key} FOREIGN KEY (review_id) REFERENCES reviews (review_id)")
+    if op.get_context().dialect.name == "postgresql":
+        for statement in PG_DOWNGRADE:
+            op.execute(statement)
