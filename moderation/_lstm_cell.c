@@ -19,23 +19,24 @@
 #include <Python.h>
 #include <stdint.h>
 
+/* Eigen's float32 tanh: x * P(x^2) / Q(x^2) on [-TANH_LIMIT, TANH_LIMIT], where tanh is 1 - 2e-7 (float32 1)
+   beyond. Shared by the scalar step and the AVX2 forward pass. */
+#define TANH_LIMIT 7.90531110763549805f
+static const float TANH_P[7] = {-2.76076847742355e-16f, 2.00018790482477e-13f, -8.60467152213735e-11f,
+                                5.12229709037114e-08f, 1.48572235717979e-05f, 6.37261928875436e-04f,
+                                4.89352455891786e-03f}; /* highest power first */
+static const float TANH_Q[4] = {1.19825839466702e-06f, 1.18534705686654e-04f, 2.26843463243900e-03f,
+                                4.89352518554385e-03f};
+
 static inline float clamped_tanh(float x) {
-    const float limit = 7.90531110763549805f; /* tanh is 1 - 2e-7 there: float32 1 */
-    x = x < -limit ? -limit : x;
-    x = x > limit ? limit : x;
+    x = x < -TANH_LIMIT ? -TANH_LIMIT : x;
+    x = x > TANH_LIMIT ? TANH_LIMIT : x;
     const float x2 = x * x;
-    float p = -2.76076847742355e-16f;
-    p = p * x2 + 2.00018790482477e-13f;
-    p = p * x2 + -8.60467152213735e-11f;
-    p = p * x2 + 5.12229709037114e-08f;
-    p = p * x2 + 1.48572235717979e-05f;
-    p = p * x2 + 6.37261928875436e-04f;
-    p = p * x2 + 4.89352455891786e-03f;
+    float p = TANH_P[0];
+    for (int i = 1; i < 7; i++) p = p * x2 + TANH_P[i];
     p = p * x;
-    float q = 1.19825839466702e-06f;
-    q = q * x2 + 1.18534705686654e-04f;
-    q = q * x2 + 2.26843463243900e-03f;
-    q = q * x2 + 4.89352518554385e-03f;
+    float q = TANH_Q[0];
+    for (int i = 1; i < 4; i++) q = q * x2 + TANH_Q[i];
     return p / q;
 }
 
@@ -91,21 +92,14 @@ void lstm_cell_step(int64_t rows, int64_t units, const float *restrict gates, co
 #define MAX_UNITS2 256
 
 __attribute__((target("avx2,fma"))) static inline __m256 tanh8(__m256 x) {
-    const __m256 limit = _mm256_set1_ps(7.90531110763549805f);
+    const __m256 limit = _mm256_set1_ps(TANH_LIMIT);
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), limit)), limit);
     const __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_set1_ps(-2.76076847742355e-16f);
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.00018790482477e-13f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-8.60467152213735e-11f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(5.12229709037114e-08f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(1.48572235717979e-05f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(6.37261928875436e-04f));
-    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(4.89352455891786e-03f));
+    __m256 p = _mm256_set1_ps(TANH_P[0]);
+    for (int i = 1; i < 7; i++) p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(TANH_P[i]));
     p = _mm256_mul_ps(p, x);
-    __m256 q = _mm256_set1_ps(1.19825839466702e-06f);
-    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(1.18534705686654e-04f));
-    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(2.26843463243900e-03f));
-    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(4.89352518554385e-03f));
+    __m256 q = _mm256_set1_ps(TANH_Q[0]);
+    for (int i = 1; i < 4; i++) q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(TANH_Q[i]));
     return _mm256_div_ps(p, q);
 }
 

@@ -547,12 +547,6 @@ def _keep_current_rows(conn: Any) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(text("ANALYZE publish_staging"))
 
-
-def _current(conn: Any) -> tuple[Any, Any]:
-    """The staged rows for their review's current text (:func:`_keep_current_rows`) and that text version."""
-    return _staging, _staging.c.text_version
-
-
 def _upsert_scores(conn: Any, plan: RunPlan, now: datetime) -> int:
     """Every current staged row into review_scores; a row already there is rewritten only if its result changed."""
     insert = db.dialect_insert(conn)(db.review_scores)
@@ -564,11 +558,10 @@ def _upsert_scores(conn: Any, plan: RunPlan, now: datetime) -> int:
         | (func.coalesce(current.skip_reason, "") != func.coalesce(excluded.skip_reason, ""))
         | (current.text_version != excluded.text_version)
     )
-    joined, version = _current(conn)
     rows = select(
         _staging.c.review_id, literal(plan.model.version, String), _staging.c.score, _staging.c.skip_reason,
-        literal(now, DateTime(timezone=True)), literal(plan.run_id, String), version,
-    ).select_from(joined).where(true())  # SQLite needs a WHERE before ON CONFLICT to parse an INSERT ... SELECT
+        literal(now, DateTime(timezone=True)), literal(plan.run_id, String), _staging.c.text_version,
+    ).where(true())  # SQLite needs a WHERE before ON CONFLICT to parse an INSERT ... SELECT
     statement = insert.from_select(
         ["review_id", "model_version", "score", "skip_reason", "scored_at", "run_id", "text_version"], rows
     ).on_conflict_do_update(
@@ -602,7 +595,7 @@ def _move_queue(conn: Any, plan: RunPlan, now: datetime) -> dict[str, int]:
     """
     q = db.moderation_queue.c
     threshold = plan.model.threshold
-    joined, version = _current(conn)
+    version = _staging.c.text_version
     flag = and_(_staging.c.score.is_not(None), _staging.c.score >= threshold)
     bucket = bucket_expression(_staging.c.score, plan.model.buckets)
     new_judgement = or_(q.model_version != plan.model.version, q.text_version != version)
@@ -616,13 +609,13 @@ def _move_queue(conn: Any, plan: RunPlan, now: datetime) -> dict[str, int]:
     new_status = {"expired": "expired", "re-opened": "pending", "re-scored": "pending"}
     counts: dict[str, int] = {}
     for move, condition in moves.items():  # exclusive on the rows' state before any of them
-        source = joined.join(db.moderation_queue, q.review_id == _staging.c.review_id)
+        source = _staging.join(db.moderation_queue, q.review_id == _staging.c.review_id)
         counts[move] = _append_events(conn, plan, now, move, new_status[move], source, condition,
                                       previous=q.status, note=_earlier_decision(q) if move != "re-scored" else None)
         if not counts[move]:
             continue
         def staged(value: Any) -> Any:  # the staged row's value, as a correlated subquery
-            return select(value).select_from(joined).where(_staging.c.review_id == q.review_id).scalar_subquery()
+            return select(value).where(_staging.c.review_id == q.review_id).scalar_subquery()
 
         values: dict[str, Any] = {
             "status": new_status[move], "score": staged(func.coalesce(_staging.c.score, q.score)),
@@ -634,24 +627,22 @@ def _move_queue(conn: Any, plan: RunPlan, now: datetime) -> dict[str, int]:
         if move == "re-opened":
             values.update(flagged_at=now, decided_by=None, decided_at=None, note=None, reason=None,
                           claimed_by=None, claim_expires_at=None)
-        matching = select(_staging.c.review_id).select_from(joined).where(
-            _staging.c.review_id == q.review_id, condition)
+        matching = select(_staging.c.review_id).where(_staging.c.review_id == q.review_id, condition)
         conn.execute(db.moderation_queue.update().where(exists(matching)).values(**values))
     not_queued = ~exists().where(q.review_id == _staging.c.review_id)
-    counts["queued"] = _append_events(conn, plan, now, "queued", "pending", joined, and_(flag, not_queued),
+    counts["queued"] = _append_events(conn, plan, now, "queued", "pending", _staging, and_(flag, not_queued),
                                       previous=literal(None, String), note=None)
-    _insert_queue_rows(conn, plan, now, joined, version, flag, literal("flagged", String), bucket)
+    _insert_queue_rows(conn, plan, now, flag, literal("flagged", String), bucket)
     return counts
 
 
-def _insert_queue_rows(conn: Any, plan: RunPlan, now: datetime, joined: Any, version: Any, condition: Any,
-                       kind: Any, bucket: Any) -> None:
+def _insert_queue_rows(conn: Any, plan: RunPlan, now: datetime, condition: Any, kind: Any, bucket: Any) -> None:
     """Queue the current staged rows meeting ``condition`` as pending; a review already queued is left alone."""
     rows = select(
         _staging.c.review_id, literal(plan.model.version, String), _staging.c.score,
         literal(plan.model.threshold, Float), literal("pending", String), literal(now, DateTime(timezone=True)),
-        literal(plan.run_id, String), version, kind, bucket,
-    ).select_from(joined).where(condition)
+        literal(plan.run_id, String), _staging.c.text_version, kind, bucket,
+    ).where(condition)
     conn.execute(db.dialect_insert(conn)(db.moderation_queue).from_select(
         ["review_id", "model_version", "score", "threshold", "status", "flagged_at", "run_id", "text_version",
          "kind", "bucket"], rows
@@ -671,21 +662,19 @@ def _queue_audit_sample(conn: Any, plan: RunPlan, now: datetime, size: int) -> i
     if size <= 0:
         return 0
     q = db.moderation_queue.c
-    joined, version = _current(conn)
     unflagged = and_(_staging.c.score.is_not(None), _staging.c.score < plan.model.threshold)
     free = ~exists().where(q.review_id == _staging.c.review_id,
                            or_(q.kind != "audit", q.run_id != plan.run_id))
     seed = zlib.crc32(plan.run_id.encode("utf-8")) % _AUDIT_PRIME
     mixed = ((_staging.c.review_id % _AUDIT_PRIME) * 48271 + seed) % _AUDIT_PRIME
     order = (mixed * mixed + seed) % _AUDIT_PRIME  # squared: not a linear pattern over consecutive ids
-    chosen = conn.execute(select(_staging.c.review_id).select_from(joined).where(unflagged, free)
+    chosen = conn.execute(select(_staging.c.review_id).where(unflagged, free)
                           .order_by(order, _staging.c.review_id).limit(size)).scalars().all()
     for part in db.batches(sorted(set(chosen))):
         sampled = and_(_staging.c.review_id.in_(part), ~exists().where(q.review_id == _staging.c.review_id))
-        _append_events(conn, plan, now, "queued", "pending", joined, sampled, previous=literal(None, String),
+        _append_events(conn, plan, now, "queued", "pending", _staging, sampled, previous=literal(None, String),
                        note=literal("audit sample", String))
-        _insert_queue_rows(conn, plan, now, joined, version, sampled, literal("audit", String),
-                           literal("audit", String))
+        _insert_queue_rows(conn, plan, now, sampled, literal("audit", String), literal("audit", String))
     return len(set(chosen))
 
 
@@ -698,11 +687,10 @@ def _append_events(conn: Any, plan: RunPlan, now: datetime, event: str, status: 
                    condition: Any, previous: Any, note: Any) -> int:
     """One ``moderation_events`` row per source row meeting ``condition``; returns how many."""
     e = db.moderation_events.c
-    version = _staging.c.text_version
     rows = select(
         _staging.c.review_id, literal(event, String), literal(status, String), previous,
         literal(plan.run_id, String), literal(now, DateTime(timezone=True)), _staging.c.score,
-        literal(plan.model.version, String), literal(plan.model.threshold, Float), version,
+        literal(plan.model.version, String), literal(plan.model.threshold, Float), _staging.c.text_version,
         literal(plan.run_id, String), note if note is not None else literal(None, String),
     ).select_from(source).where(condition)
     statement = insert(db.moderation_events).from_select(
