@@ -547,6 +547,7 @@ def _keep_current_rows(conn: Any) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(text("ANALYZE publish_staging"))
 
+
 def _upsert_scores(conn: Any, plan: RunPlan, now: datetime) -> int:
     """Every current staged row into review_scores; a row already there is rewritten only if its result changed."""
     insert = db.dialect_insert(conn)(db.review_scores)
